@@ -1,0 +1,316 @@
+"""One runner for every stage: versions, deterministic shards, Ray Data workers, exactly-once commits.
+
+How a stage runs:
+1. Its version is the hash of everything that decides its rows (`stage_identity`). A complete
+   version is never recomputed; a new identity is a new folder and the old one stays.
+2. Its items (sorted by id) are cut into fixed shards of `rows_per_shard`; the plan is recorded
+   in `_manifest.json` on the first attempt and reused by every resume.
+3. Ray Data runs one task (or actor call) per pending shard. The worker processes the shard's
+   items in batches, writes rows and failures under temporary names and renames them to
+   `part-NNNNN.parquet`. The driver then records the shard in the manifest: that record is the
+   commit. A shard written but not recorded (driver killed in between) is simply recomputed and
+   its files replaced, so every item ends up exactly once in rows or failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from pipeline import config as config_lib
+from pipeline.outputs import (
+    content_hash,
+    failures_dir,
+    mark_latest,
+    now,
+    provenance_metadata,
+    read_manifest,
+    shard_name,
+    write_manifest,
+)
+from pipeline.schema import FAILURES, SCHEMA_VERSION
+from pipeline.stage import BatchFn, Failure, InputReader, Stage, StageOutput
+from pipeline.storage import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunnerConfig:
+    rows_per_shard: int = 32
+    # Parallel workers per stage; None lets Ray use every CPU (or GPU) the cluster offers.
+    max_workers: int | None = None
+    # Task workers (decoders) are replaced after about this many items: decord and PyAV leak.
+    recycle_after_items: int = 512
+    # Ray cluster to join; None means RAY_ADDRESS if set, else a local Ray instance.
+    address: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class StageResult:
+    stage: str
+    version: str
+    items: int
+    rows: int
+    failures: int
+    computed_items: int  # items processed by this call (0 when up to date)
+    seconds: float
+    up_to_date: bool
+
+    @property
+    def items_per_second(self) -> float:
+        return self.computed_items / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        if self.up_to_date:
+            return (
+                f"{self.stage} {self.version}: up to date ({self.items} items, {self.rows} rows, "
+                f"{self.failures} failures); nothing recomputed"
+            )
+        return (
+            f"{self.stage} {self.version}: {self.items} items -> {self.rows} rows, "
+            f"{self.failures} failures; computed {self.computed_items} items in "
+            f"{self.seconds:.1f} s ({self.items_per_second:.2f} items/s)"
+        )
+
+
+def ensure_ray(address: str | None = None) -> None:
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    context = DataContext.get_current()
+    context.enable_progress_bars = False  # ours counts items, not blocks
+    context.print_on_execution_start = False
+
+
+def stage_identity(stage: Stage, config: Any, inputs: dict[str, StageOutput]) -> dict[str, Any]:
+    missing = [name for name in stage.inputs if name not in inputs]
+    if missing:
+        raise ValueError(f"stage {stage.name} needs the output of {', '.join(missing)}")
+    return {
+        "stage": stage.name,
+        "schema_version": SCHEMA_VERSION,
+        "config": config_lib.to_dict(config),
+        "inputs": {name: inputs[name].version for name in stage.inputs},
+        **stage.identity(config),
+    }
+
+
+def run_stage(
+    store: Store, stage: Stage, config: Any, inputs: dict[str, StageOutput], runner: RunnerConfig
+) -> StageResult:
+    identity = stage_identity(stage, config, inputs)
+    version = content_hash(identity)
+    manifest = read_manifest(store, stage.name, version)
+    if manifest is not None and manifest.get("complete"):
+        mark_latest(store, stage.name, version)
+        return _result(manifest, computed_items=0, seconds=0.0, up_to_date=True)
+
+    readers = {name: InputReader(store, inputs[name]) for name in stage.inputs}
+    items = stage.items(config, readers).sort_by(stage.key)
+    _check_unique(items, stage)
+    if manifest is None:
+        manifest = _plan(stage, version, identity, items.num_rows, runner.rows_per_shard)
+        write_manifest(store, manifest)
+    elif manifest["num_items"] != items.num_rows:
+        raise RuntimeError(
+            f"{stage.name} {version}: the recorded plan has {manifest['num_items']} items but the "
+            f"inputs now give {items.num_rows}; the upstream output changed under the same version"
+        )
+    store.remove_temporaries(stage.name, version)
+    store.remove_temporaries(failures_dir(stage.name, version))
+
+    size = manifest["rows_per_shard"]
+    pending = [s for s in range(manifest["num_shards"]) if shard_name(s) not in manifest["shards"]]
+    if len(pending) < manifest["num_shards"]:
+        log.warning("%s %s: resuming, %d of %d shards already committed", stage.name, version,
+                    manifest["num_shards"] - len(pending), manifest["num_shards"])
+    job = _ShardJob(stage, config, store, version,
+                    provenance_metadata({**identity, "version": version}, stage.provenance(config)))
+    shards = [(s, items.slice(s * size, size)) for s in pending]
+    started = time.perf_counter()
+    computed = 0
+    with tqdm(total=sum(t.num_rows for _, t in shards), unit="item", desc=stage.name,
+              disable=not runner.progress) as bar:
+        for summary in _execute(job, shards, runner):
+            manifest["shards"][shard_name(summary["shard"])] = {
+                "items": summary["items"],
+                "rows": summary["rows"],
+                "failures": summary["failures"],
+                "seconds": round(summary["seconds"], 3),
+                "committed": now(),
+            }
+            write_manifest(store, manifest)  # the commit point of this shard
+            computed += summary["items"]
+            bar.update(summary["items"])
+            bar.set_postfix(failures=sum(s["failures"] for s in manifest["shards"].values()))
+    seconds = time.perf_counter() - started
+
+    manifest["complete"] = True
+    manifest["finished"] = now()
+    write_manifest(store, manifest)
+    mark_latest(store, stage.name, version)
+    return _result(manifest, computed_items=computed, seconds=seconds, up_to_date=False)
+
+
+def _plan(stage: Stage, version: str, identity: dict, num_items: int, rows_per_shard: int) -> dict:
+    if rows_per_shard < 1:
+        raise ValueError(f"runner.rows_per_shard must be at least 1, got {rows_per_shard}")
+    return {
+        "stage": stage.name,
+        "version": version,
+        "identity": identity,
+        "created": now(),
+        "num_items": num_items,
+        "rows_per_shard": rows_per_shard,
+        # An empty input still gets one (empty) shard, so readers always find the schema.
+        "num_shards": max(1, math.ceil(num_items / rows_per_shard)),
+        "shards": {},
+        "complete": False,
+    }
+
+
+def _result(manifest: dict, computed_items: int, seconds: float, up_to_date: bool) -> StageResult:
+    shards = manifest["shards"].values()
+    return StageResult(
+        stage=manifest["stage"],
+        version=manifest["version"],
+        items=manifest["num_items"],
+        rows=sum(s["rows"] for s in shards),
+        failures=sum(s["failures"] for s in shards),
+        computed_items=computed_items,
+        seconds=seconds,
+        up_to_date=up_to_date,
+    )
+
+
+def _check_unique(items: pa.Table, stage: Stage) -> None:
+    keys = items.column(stage.key)
+    if keys.null_count:
+        raise ValueError(f"{stage.name}: {keys.null_count} items have no {stage.key}")
+    if len(keys.unique()) != len(keys):
+        counts = pa.compute.value_counts(keys).to_pylist()
+        repeated = [c["values"] for c in counts if c["counts"] > 1][:5]
+        raise ValueError(f"{stage.name}: item ids repeat ({stage.key} {repeated}); ids must be unique")
+
+
+# ---- inside the workers ------------------------------------------------------------------------
+
+
+@dataclass
+class _ShardJob:
+    stage: Stage
+    config: Any
+    store: Store
+    version: str
+    metadata: dict[str, str]
+
+    def run(self, batch: pa.Table, batch_fn: BatchFn) -> dict[str, list]:
+        out: dict[str, list] = {"shard": [], "items": [], "rows": [], "failures": [], "seconds": []}
+        for shard, payload in zip(batch["shard"].to_pylist(), batch["items"].to_pylist()):
+            started = time.perf_counter()
+            items = pa.ipc.open_stream(payload).read_all().to_pylist()
+            rows, failures = process_items(self.stage, batch_fn, items)
+            name = shard_name(shard)
+            self.store.write_parquet(pa.Table.from_pylist(failures, schema=FAILURES),
+                                     failures_dir(self.stage.name, self.version), name,
+                                     metadata=self.metadata)
+            self.store.write_parquet(pa.Table.from_pylist(rows, schema=self.stage.schema),
+                                     self.stage.name, self.version, name, metadata=self.metadata)
+            for key, value in (("shard", shard), ("items", len(items)), ("rows", len(rows)),
+                               ("failures", len(failures)), ("seconds", time.perf_counter() - started)):
+                out[key].append(value)
+        return out
+
+
+def process_items(stage: Stage, batch_fn: BatchFn, items: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Run `batch_fn` over items in batches; an exception costs only the item that raised it."""
+    rows, failures = [], []
+    for start in range(0, len(items), stage.batch_size):
+        chunk = items[start : start + stage.batch_size]
+        for item, result in zip(chunk, _call_isolating_errors(stage, batch_fn, chunk)):
+            if isinstance(result, Failure):
+                failures.append({"item_id": item[stage.key], "stage": stage.name,
+                                 "reason": result.reason, "message": result.message})
+            else:
+                rows.append(result)
+    return rows, failures
+
+
+def _call_isolating_errors(stage: Stage, batch_fn: BatchFn, chunk: list[dict]) -> list:
+    try:
+        results = batch_fn(chunk)
+    except Exception as exc:  # noqa: BLE001 - retried item by item below to find the culprit
+        if len(chunk) == 1:
+            return [Failure("error", f"{type(exc).__name__}: {exc}")]
+        return [r for item in chunk for r in _call_isolating_errors(stage, batch_fn, [item])]
+    if len(results) != len(chunk):
+        raise RuntimeError(
+            f"stage {stage.name} returned {len(results)} results for {len(chunk)} items; "
+            "a batch function must return exactly one row or Failure per item"
+        )
+    return results
+
+
+def _run_shard_task(batch: pa.Table, job: _ShardJob) -> dict[str, list]:
+    return job.run(batch, job.stage.setup(job.config))
+
+
+class _ShardActor:
+    """A long-lived worker for stateful stages: `setup` (model loading) runs once."""
+
+    def __init__(self, job: _ShardJob):
+        self.job = job
+        self.batch_fn = job.stage.setup(job.config)
+
+    def __call__(self, batch: pa.Table) -> dict[str, list]:
+        return self.job.run(batch, self.batch_fn)
+
+
+def _execute(job: _ShardJob, shards: list[tuple[int, pa.Table]], runner: RunnerConfig):
+    """Yield one summary per completed shard, in completion order."""
+    if not shards:
+        return
+    import ray
+
+    ensure_ray(runner.address)
+    tasks = [{"shard": shard, "items": _to_ipc(table)} for shard, table in shards]
+    dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+    resources = job.stage.resources
+    common: dict[str, Any] = dict(batch_size=1, batch_format="pyarrow", num_cpus=resources.num_cpus)
+    if resources.num_gpus:
+        common["num_gpus"] = resources.num_gpus
+    if resources.memory_gb:
+        common["memory"] = resources.memory_gb * 2**30
+    if job.stage.stateful:
+        dataset = dataset.map_batches(
+            _ShardActor, fn_constructor_args=(job,),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=runner.max_workers), **common,
+        )
+    else:
+        shards_per_process = max(1, runner.recycle_after_items // _rows(shards))
+        dataset = dataset.map_batches(
+            _run_shard_task, fn_args=(job,), max_calls=shards_per_process,
+            compute=ray.data.TaskPoolStrategy(size=runner.max_workers), **common,
+        )
+    yield from dataset.iter_rows()
+
+
+def _rows(shards: list[tuple[int, pa.Table]]) -> int:
+    return max(1, max(t.num_rows for _, t in shards))
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()

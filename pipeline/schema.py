@@ -1,0 +1,88 @@
+"""Every table the pipeline writes, declared once.
+
+Bump SCHEMA_VERSION whenever a schema here changes: it is part of every stage's version hash,
+so a schema change never mixes old and new rows under one version.
+"""
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+# ---- manifest: what `tvr manifest` writes --------------------------------------------------
+# `extra` holds the dataset-specific fields (MSR-VTT category, ActivityNet timestamps,
+# Charades script, ...) as a JSON object, so one schema serves every dataset.
+VIDEOS = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("path", pa.string()),  # null when no file was found (see manifest problems)
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("extra", pa.string()),
+    ]
+)
+
+CAPTIONS = pa.schema(
+    [
+        pa.field("caption_id", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("extra", pa.string()),
+    ]
+)
+
+# One row per thing in the annotations that needs a researcher's attention.
+# problem: missing_video | ambiguous_video | duplicate_video_id | duplicate_caption_id |
+#          path_outside_root
+MANIFEST_PROBLEMS = pa.schema(
+    [
+        pa.field("problem", pa.string(), nullable=False),
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+    ]
+)
+
+# ---- stages ----------------------------------------------------------------------------------
+PROBE = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("container", pa.string()),
+        pa.field("codec", pa.string()),
+        pa.field("duration", pa.float64()),  # seconds
+        pa.field("fps", pa.float64()),  # average frame rate
+        pa.field("frame_count", pa.int64()),
+        pa.field("width", pa.int32()),  # as stored, before rotation
+        pa.field("height", pa.int32()),
+        pa.field("rotation", pa.int32()),  # degrees clockwise to display upright: 0/90/180/270
+        pa.field("variable_frame_rate", pa.bool_()),
+    ]
+)
+
+KEYFRAMES = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("strategy", pa.string(), nullable=False),
+        pa.field("frame_indices", pa.list_(pa.int64()), nullable=False),
+        pa.field("timestamps", pa.list_(pa.float64()), nullable=False),  # seconds
+        pa.field("frames", pa.list_(pa.binary()), nullable=False),  # JPEG bytes, upright
+        pa.field("width", pa.int32(), nullable=False),  # of the stored frames
+        pa.field("height", pa.int32(), nullable=False),
+        # True when the video has fewer distinct frames than asked for, so some repeat.
+        pa.field("repeated_frames", pa.bool_(), nullable=False),
+        pa.field("decoder", pa.string(), nullable=False),  # backend that produced the frames
+        pa.field("note", pa.string()),  # e.g. why a fallback decoder was used
+    ]
+)
+
+# Every item a stage could not process, with why. `reason` is a short machine-readable code
+# (missing, empty, truncated, no_video_stream, unsupported_codec, corrupt, decode_error,
+# upstream_failed, error, worker_crashed); `message` is for people.
+FAILURES = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+    ]
+)

@@ -1,0 +1,96 @@
+"""The stage contract: what every box of the pipeline declares so that one runner can execute it.
+
+A stage processes *items* (a video, a caption) and promises exactly one result per item: an
+output row that fits its schema, or a `Failure` saying why not. The runner owns everything
+else: versions, sharding, parallelism on Ray, atomic commits, resume and provenance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An item the stage could not process; becomes a row in OUT/failures/<stage>/<version>/."""
+
+    reason: str  # short code, e.g. "missing", "truncated", "decode_error"
+    message: str  # for people: what happened, to which file
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker needs; Ray schedules workers by these."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_gb: float | None = None
+
+
+# Called once per batch of items (dicts with the columns of the stage's item table); returns one
+# result per item, in order: a row dict fitting the stage schema, or a Failure.
+BatchFn = Callable[[list[dict[str, Any]]], list["dict[str, Any] | Failure"]]
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """A committed, complete version of a stage, as later stages and `tvr status` see it."""
+
+    stage: str
+    version: str
+    path: str  # folder holding part-*.parquet
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    description: str
+    key: str  # the item id column, e.g. "video_id"
+    inputs: tuple[str, ...]  # stages whose output decides this stage's rows ("manifest", ...)
+    config_type: type
+    schema: pa.Schema
+    # Builds the light item table (ids, paths, small metadata; never pixels) from the inputs.
+    items: Callable[[Any, dict[str, "InputReader"]], pa.Table]
+    # Runs once per worker before any batch (load a model here, never on the driver).
+    setup: Callable[[Any], BatchFn]
+    resources: Resources = field(default_factory=Resources)
+    batch_size: int = 8
+    # True: workers are long-lived actors that keep what `setup` loaded (models).
+    # False: workers are tasks, and processes are recycled (decoders leak memory).
+    stateful: bool = False
+    # Things outside the config that decide the rows (model revision, prompt sha256, ...).
+    identity: Callable[[Any], dict[str, Any]] = lambda config: {}
+    # Recorded in each Parquet file but not part of the version (decoder versions, ...).
+    provenance: Callable[[Any], dict[str, str]] = lambda config: {}
+
+
+class InputReader:
+    """Reads a committed upstream output: named tables (manifest) or part files (stages)."""
+
+    def __init__(self, store, output: StageOutput):
+        self.store = store
+        self.output = output
+
+    def table(self, name: str = "", columns: list[str] | None = None) -> pa.Table:
+        """`name` picks a named table of the manifest ("videos"); stages have one table."""
+        import pyarrow.dataset as ds
+
+        relative = self.output.path
+        if name:
+            return self.store.read_parquet(relative, f"{name}.parquet", columns=columns)
+        dataset = ds.dataset(self.store.path(relative), filesystem=self.store.fs, format="parquet")
+        return dataset.to_table(columns=columns)
+
+    def failures(self, columns: list[str] | None = None) -> pa.Table:
+        import pyarrow.dataset as ds
+
+        from pipeline.schema import FAILURES
+
+        relative = f"failures/{self.output.stage}/{self.output.version}"
+        if not self.store.exists(relative):
+            return FAILURES.empty_table().select(columns or FAILURES.names)
+        dataset = ds.dataset(self.store.path(relative), filesystem=self.store.fs, format="parquet")
+        return dataset.to_table(columns=columns)
