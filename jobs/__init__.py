@@ -1,0 +1,1 @@
+"""Thin Ray job entrypoints; the work lives in the `pipeline` library."""

@@ -1,0 +1,52 @@
+"""Charades: each `;`-separated description is one caption; the script and the other columns
+are kept in the video's extra."""
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.datasets.files import ReleasedFile, expect_columns, find_split_files
+from pipeline.datasets.records import AnnotationError, Annotations, CaptionRecord, VideoRecord
+
+FORMAT = "charades"
+RELEASED = [ReleasedFile("Charades_v1_train.csv", "train"), ReleasedFile("Charades_v1_test.csv", "test")]
+COLUMNS = ["id", "subject", "scene", "quality", "relevance", "verified", "script", "objects", "descriptions",
+           "actions", "length"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CharadesOptions:
+    pass
+
+
+def read(annotations: Path, options: CharadesOptions) -> Annotations:
+    videos = []
+    for spec, path in find_split_files(FORMAT, annotations, RELEASED):
+        videos.extend(read_split(path, spec.split))
+    return Annotations(videos)
+
+
+def read_split(path: Path, split: str) -> list[VideoRecord]:
+    videos = []
+    # A real CSV parser: scripts and descriptions are quoted and contain commas and newlines.
+    with open(path, newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        expect_columns(reader.fieldnames, ["id", "script", "descriptions"], path)
+        for row in reader:
+            where = f"{path} line {reader.line_num}"
+            if None in row or any(value is None for value in row.values()):
+                raise AnnotationError(f"{where}: expected {len(reader.fieldnames)} fields ({COLUMNS}), got {row}")
+            video_id = row["id"].strip()
+            if not video_id:
+                raise AnnotationError(f"{where}: empty id")
+            descriptions = [part.strip() for part in row["descriptions"].split(";")]
+            videos.append(
+                VideoRecord(
+                    video_id=video_id,
+                    split=split,
+                    captions=[CaptionRecord(text) for text in descriptions if text],
+                    source=f"{path.name} line {reader.line_num}",
+                    extra={column: value for column, value in row.items() if column not in ("id", "descriptions")},
+                )
+            )
+    return videos

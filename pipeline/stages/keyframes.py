@@ -1,0 +1,92 @@
+"""keyframes: frames decoded from every probed video, as upright JPEG bytes with indices and times.
+
+The sampling strategy (uniform, segment_random, fps, vlm, disparity, middle_segment) chooses
+frame indices; the decoder seeks to them (decord, or ffmpeg; the other one is tried when the
+chosen one fails on a video). Frames are resized to a shorter side and JPEG-encoded. A video
+with fewer frames than asked for repeats frames and says so (`repeated_frames`). Videos probe
+could not read become failures here too (`upstream_failed`), so every video is accounted for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pyarrow as pa
+
+from pipeline.decode.keyframes import extract_keyframes
+from pipeline.decode.probe import VideoError
+from pipeline.decode.sampling import Sampling, Uniform
+from pipeline.schema import KEYFRAMES
+from pipeline.stage import Failure, Stage
+
+
+@dataclass
+class KeyframesConfig:
+    sampling: Sampling = field(default_factory=Uniform)
+    backend: Literal["decord", "ffmpeg"] = "decord"
+    fallback: bool = True  # try the other backend on a video the chosen one cannot decode
+    short_side: int = 224  # resize so the shorter side has this many pixels; 0 keeps the size
+    jpeg_quality: int = 90
+
+
+def keyframes_items(config: KeyframesConfig, inputs) -> pa.Table:
+    videos = inputs["manifest"].table("videos", columns=["video_id"])
+    probed = inputs["probe"].table(columns=["video_id", "path", "rotation"])
+    failed = inputs["probe"].failures(columns=["item_id", "reason", "message"])
+    failed = failed.rename_columns(["video_id", "probe_reason", "probe_message"])
+    # Every manifest video is an item: probed ones are decoded, the rest fail as upstream_failed.
+    return videos.join(probed, "video_id").join(failed, "video_id").combine_chunks()
+
+
+def _extract_one(item: dict, config: KeyframesConfig) -> dict | Failure:
+    if item["path"] is None:
+        return Failure("upstream_failed",
+                       f"probe: {item['probe_reason'] or 'no row'}: {item['probe_message'] or ''}")
+    try:
+        result = extract_keyframes(
+            item["path"], config.sampling, video_id=item["video_id"], backend=config.backend,
+            fallback=config.fallback, short_side=config.short_side,
+            jpeg_quality=config.jpeg_quality, rotation=item["rotation"] or 0,
+        )
+    except VideoError as exc:
+        return Failure(exc.reason, exc.message)
+    return {
+        "video_id": item["video_id"],
+        "strategy": config.sampling.strategy,
+        "frame_indices": result.indices,
+        "timestamps": result.timestamps,
+        "frames": result.jpegs,
+        "width": result.width,
+        "height": result.height,
+        "repeated_frames": result.repeated,
+        "decoder": result.decoder,
+        "note": result.note,
+    }
+
+
+def keyframes_setup(config: KeyframesConfig):
+    return lambda items: [_extract_one(item, config) for item in items]
+
+
+def _decoder_versions(config: KeyframesConfig) -> dict[str, str]:
+    import subprocess
+
+    import decord
+
+    ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
+    return {"decoders": f"decord {decord.__version__}; {ffmpeg.splitlines()[0] if ffmpeg else 'ffmpeg ?'}"}
+
+
+STAGE = Stage(
+    name="keyframes",
+    description="sampled frames as upright JPEG bytes, with frame indices and timestamps",
+    key="video_id",
+    inputs=("manifest", "probe"),
+    config_type=KeyframesConfig,
+    schema=KEYFRAMES,
+    items=keyframes_items,
+    setup=keyframes_setup,
+    batch_size=4,
+    provenance=_decoder_versions,
+)
