@@ -80,9 +80,13 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, report=print) 
     return results
 
 
-def describe_manifest(output: StageOutput, manifest) -> str:
+def describe_manifest(output: StageOutput, manifest, shown: int = 20) -> str:
+    problems = manifest.problems
     lines = [f"manifest {output.version}: {manifest.videos.num_rows} videos, "
-             f"{manifest.captions.num_rows} captions, {manifest.problems.num_rows} problems"]
-    for row in manifest.problems.to_pylist():
+             f"{manifest.captions.num_rows} captions, {problems.num_rows} problems"]
+    for row in problems.slice(0, shown).to_pylist():
         lines.append(f"  {row['problem']}: {row['id']}: {row['detail']}")
+    if problems.num_rows > shown:
+        lines.append(f"  ... and {problems.num_rows - shown} more in "
+                     f"{output.path}/problems.parquet")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,18 +219,21 @@ class _ShardJob:
         out: dict[str, list] = {"shard": [], "items": [], "rows": [], "failures": [], "seconds": []}
         for shard, payload in zip(batch["shard"].to_pylist(), batch["items"].to_pylist()):
             started = time.perf_counter()
-            items = pa.ipc.open_stream(payload).read_all().to_pylist()
+            items = _from_ipc(payload).to_pylist()
             rows, failures = process_items(self.stage, batch_fn, items)
-            name = shard_name(shard)
-            self.store.write_parquet(pa.Table.from_pylist(failures, schema=FAILURES),
-                                     failures_dir(self.stage.name, self.version), name,
-                                     metadata=self.metadata)
-            self.store.write_parquet(pa.Table.from_pylist(rows, schema=self.stage.schema),
-                                     self.stage.name, self.version, name, metadata=self.metadata)
-            for key, value in (("shard", shard), ("items", len(items)), ("rows", len(rows)),
-                               ("failures", len(failures)), ("seconds", time.perf_counter() - started)):
+            summary = self.write(shard, rows, failures, time.perf_counter() - started)
+            for key, value in summary.items():
                 out[key].append(value)
         return out
+
+    def write(self, shard: int, rows: list[dict], failures: list[dict], seconds: float) -> dict:
+        name = shard_name(shard)
+        self.store.write_parquet(pa.Table.from_pylist(failures, schema=FAILURES),
+                                 failures_dir(self.stage.name, self.version), name, metadata=self.metadata)
+        self.store.write_parquet(pa.Table.from_pylist(rows, schema=self.stage.schema),
+                                 self.stage.name, self.version, name, metadata=self.metadata)
+        return {"shard": shard, "items": len(rows) + len(failures), "rows": len(rows),
+                "failures": len(failures), "seconds": seconds}
 
 
 def process_items(stage: Stage, batch_fn: BatchFn, items: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -239,11 +243,15 @@ def process_items(stage: Stage, batch_fn: BatchFn, items: list[dict]) -> tuple[l
         chunk = items[start : start + stage.batch_size]
         for item, result in zip(chunk, _call_isolating_errors(stage, batch_fn, chunk)):
             if isinstance(result, Failure):
-                failures.append({"item_id": item[stage.key], "stage": stage.name,
-                                 "reason": result.reason, "message": result.message})
+                failures.append(_failure_row(stage, item, result))
             else:
                 rows.append(result)
     return rows, failures
+
+
+def _failure_row(stage: Stage, item: dict, failure: Failure) -> dict:
+    return {"item_id": item[stage.key], "stage": stage.name, "reason": failure.reason,
+            "message": failure.message}
 
 
 def _call_isolating_errors(stage: Stage, batch_fn: BatchFn, chunk: list[dict]) -> list:
@@ -276,13 +284,61 @@ class _ShardActor:
         return self.job.run(batch, self.batch_fn)
 
 
+# A worker process that dies (a decoder segfault, the OOM killer) is retried this often before
+# its shard is re-run one item per process, so the one bad item becomes a failure row.
+CRASH_RETRIES = 2
+
+
 def _execute(job: _ShardJob, shards: list[tuple[int, pa.Table]], runner: RunnerConfig):
     """Yield one summary per completed shard, in completion order."""
     if not shards:
         return
     import ray
+    from ray.data import DataContext
 
     ensure_ray(runner.address)
+    # Shards whose worker keeps dying are dropped by Ray Data instead of ending the run; they
+    # are isolated below. Python exceptions never get here: process_items catches them per item.
+    DataContext.get_current().max_errored_blocks = -1
+    finished = set()
+    for summary in _execute_shards(job, shards, runner):
+        finished.add(summary["shard"])
+        yield summary
+    for shard, table in shards:
+        if shard not in finished:
+            log.warning("%s: shard %d lost its worker %d times; re-running it one item per process",
+                        job.stage.name, shard, CRASH_RETRIES + 1)
+            yield _isolate(job, shard, table)
+
+
+def _isolate(job: _ShardJob, shard: int, table: pa.Table) -> dict:
+    import ray
+
+    started = time.perf_counter()
+    items = table.to_pylist()
+    remote = ray.remote(max_retries=0, num_cpus=job.stage.resources.num_cpus,
+                        num_gpus=job.stage.resources.num_gpus)(_process_one)
+    pending = [remote.remote(job, item) for item in items]
+    rows, failures = [], []
+    for item, ref in zip(items, pending):
+        try:
+            item_rows, item_failures = ray.get(ref)
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                ray.exceptions.OutOfMemoryError) as exc:
+            item_rows, item_failures = [], [_failure_row(job.stage, item, Failure(
+                "worker_crashed", f"the worker process died while processing this item: {exc}"))]
+        rows += item_rows
+        failures += item_failures
+    return job.write(shard, rows, failures, time.perf_counter() - started)
+
+
+def _process_one(job: _ShardJob, item: dict) -> tuple[list[dict], list[dict]]:
+    return process_items(job.stage, job.stage.setup(job.config), [item])
+
+
+def _execute_shards(job: _ShardJob, shards: list[tuple[int, pa.Table]], runner: RunnerConfig):
+    import ray
+
     tasks = [{"shard": shard, "items": _to_ipc(table)} for shard, table in shards]
     dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks))
     resources = job.stage.resources
@@ -291,22 +347,33 @@ def _execute(job: _ShardJob, shards: list[tuple[int, pa.Table]], runner: RunnerC
         common["num_gpus"] = resources.num_gpus
     if resources.memory_gb:
         common["memory"] = resources.memory_gb * 2**30
-    if job.stage.stateful:
-        dataset = dataset.map_batches(
-            _ShardActor, fn_constructor_args=(job,),
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=runner.max_workers), **common,
-        )
-    else:
-        shards_per_process = max(1, runner.recycle_after_items // _rows(shards))
-        dataset = dataset.map_batches(
-            _run_shard_task, fn_args=(job,), max_calls=shards_per_process,
-            compute=ray.data.TaskPoolStrategy(size=runner.max_workers), **common,
-        )
+    # Ray Data retries dead workers forever unless told otherwise, and a video that crashes
+    # its decoder would then hang the run. Only `ray_remote_args` can bound retries today
+    # (deprecated in Ray 2.60 with no replacement yet; pyproject keeps Ray below 2.64).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        if job.stage.stateful:
+            dataset = dataset.map_batches(
+                _ShardActor, fn_constructor_args=(job,),
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=runner.max_workers),
+                max_task_retries=CRASH_RETRIES, **common,
+            )
+        else:
+            shards_per_process = max(1, runner.recycle_after_items // _rows(shards))
+            dataset = dataset.map_batches(
+                _run_shard_task, fn_args=(job,), max_calls=shards_per_process,
+                compute=ray.data.TaskPoolStrategy(size=runner.max_workers),
+                max_retries=CRASH_RETRIES, **common,
+            )
     yield from dataset.iter_rows()
 
 
 def _rows(shards: list[tuple[int, pa.Table]]) -> int:
     return max(1, max(t.num_rows for _, t in shards))
+
+
+def _from_ipc(payload: bytes) -> pa.Table:
+    return pa.ipc.open_stream(payload).read_all()
 
 
 def _to_ipc(table: pa.Table) -> bytes:

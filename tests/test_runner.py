@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -49,6 +51,8 @@ def _toy_setup(config):
         results = []
         for item in items:
             n = int(item["video_id"].split("-")[1])
+            if "segv" in item["path"]:
+                os.kill(os.getpid(), signal.SIGSEGV)  # a decoder crashing the whole process
             if "boom" in item["path"]:
                 raise RuntimeError(f"exploded on {item['video_id']}")
             if "bad" in item["path"]:
@@ -73,9 +77,10 @@ TOY = Stage(
 )
 
 
-def _manifest(store: Store, n: int, bad=(), boom=()):
+def _manifest(store: Store, n: int, bad=(), boom=(), segv=()):
     ids = [f"v-{i:03d}" for i in range(n)]
-    paths = [("bad" if i in bad else "boom" if i in boom else "ok") + f"/{i}.mp4" for i in range(n)]
+    kinds = [("bad" if i in bad else "boom" if i in boom else "segv" if i in segv else "ok") for i in range(n)]
+    paths = [f"{kind}/{i}.mp4" for i, kind in enumerate(kinds)]
     videos = pa.table({"video_id": ids, "path": paths, "split": ["test"] * n, "extra": [None] * n},
                       schema=VIDEOS)
     from pipeline.schema import CAPTIONS, MANIFEST_PROBLEMS
@@ -184,3 +189,15 @@ def test_batch_returning_wrong_count_is_a_stage_bug():
     stage = Stage(**{**TOY.__dict__, "setup": lambda c: (lambda items: [])})
     with pytest.raises(RuntimeError, match="exactly one row or Failure per item"):
         process_items(stage, stage.setup(None), [{"video_id": "v-000", "path": "ok"}])
+
+
+def test_a_crashing_worker_costs_only_its_item(tmp_path, ray_session):
+    store = Store.open(str(tmp_path / "out"))
+    manifest = _manifest(store, 9, segv={4})
+    result = run_stage(store, TOY, ToyConfig(), {"manifest": manifest},
+                       RunnerConfig(rows_per_shard=3, progress=False))
+    assert (result.items, result.rows, result.failures) == (9, 8, 1)
+    fails = _read(store, "failures", "toy", result.version).to_pylist()
+    assert [(f["item_id"], f["reason"]) for f in fails] == [("v-004", "worker_crashed")]
+    rows = _read(store, "toy", result.version)
+    assert sorted(rows["video_id"].to_pylist()) == [f"v-{i:03d}" for i in range(9) if i != 4]

@@ -1,0 +1,123 @@
+"""End to end through the command line: `tvr demo`, `tvr status`, `tvr manifest`, `tvr run`."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.demo import DEMO_CLIPS
+from pipeline.status import collect
+
+
+def _tvr(*argv: str) -> tuple[int, str]:
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        code = main(list(argv))
+    return code, buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory, ray_session) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "tvr-demo"
+    code, printed = _tvr("demo", "--out", str(out))
+    assert code == 0, printed
+    return out
+
+
+def _latest(out: Path, stage: str) -> str:
+    return (out / stage / "LATEST").read_text().strip()
+
+
+def test_demo_leaves_readable_parquet_with_every_video_accounted_for(demo_out):
+    version = _latest(demo_out, "keyframes")
+    frames = ds.dataset(demo_out / "keyframes" / version, format="parquet").to_table().to_pylist()
+    failures = ds.dataset(demo_out / "failures" / "keyframes" / version, format="parquet").to_table()
+    assert sorted(r["video_id"] for r in frames) == sorted(DEMO_CLIPS)
+    reasons = dict(zip(failures["item_id"].to_pylist(), failures["reason"].to_pylist()))
+    assert reasons == {"zero_bytes": "upstream_failed", "never_downloaded": "upstream_failed"}
+    by_id = {r["video_id"]: r for r in frames}
+    for row in frames:
+        assert len(row["frames"]) == len(row["frame_indices"]) == len(row["timestamps"]) == 12
+        image = Image.open(io.BytesIO(row["frames"][0]))
+        assert image.format == "JPEG" and image.size == (row["width"], row["height"])
+        assert min(image.size) == 224
+    assert by_id["portrait_rotated"]["height"] > by_id["portrait_rotated"]["width"]
+    assert by_id["very_short"]["repeated_frames"] is True
+    assert by_id["bars_h264"]["repeated_frames"] is False
+
+    probe_version = _latest(demo_out, "probe")
+    probe_failures = ds.dataset(demo_out / "failures" / "probe" / probe_version, format="parquet").to_table()
+    assert dict(zip(probe_failures["item_id"].to_pylist(), probe_failures["reason"].to_pylist())) == {
+        "zero_bytes": "empty", "never_downloaded": "missing"}
+    problems = ds.dataset(demo_out / "manifest" / _latest(demo_out, "manifest") / "problems.parquet").to_table()
+    assert ("missing_video", "never_downloaded") in zip(problems["problem"].to_pylist(), problems["id"].to_pylist())
+
+
+def test_status_is_accurate(demo_out):
+    code, printed = _tvr("status", str(demo_out))
+    assert code == 0
+    statuses = {s.stage: s for s in collect(str(demo_out))}
+    assert set(statuses) == {"manifest", "probe", "keyframes"}
+    for stage in ("probe", "keyframes"):
+        s = statuses[stage]
+        rows = ds.dataset(demo_out / stage / s.version, format="parquet").count_rows()
+        fails = ds.dataset(demo_out / "failures" / stage / s.version, format="parquet").count_rows()
+        assert (s.rows, s.failures, s.items) == (rows, fails, rows + fails)
+        assert s.complete and s.latest and s.shards_committed == s.shards_planned == 5
+        assert f"{stage:<12} {s.version}" in printed
+    assert (statuses["manifest"].items, statuses["manifest"].rows) == (10, 10)
+
+
+def test_demo_rerun_recomputes_nothing(demo_out):
+    before = json.loads((demo_out / "keyframes" / _latest(demo_out, "keyframes") / "_manifest.json").read_text())
+    code, printed = _tvr("demo", "--out", str(demo_out))
+    assert code == 0
+    assert printed.count("up to date") == 2, printed
+    after = json.loads((demo_out / "keyframes" / _latest(demo_out, "keyframes") / "_manifest.json").read_text())
+    assert after == before
+
+
+def test_run_with_override_makes_a_new_version_beside_the_old(demo_out, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"out: {demo_out}\n"
+        f"dataset: {{format: generic, annotations: {demo_out}/data/captions.csv, videos: {demo_out}/data/videos}}\n"
+        "runner: {rows_per_shard: 4, progress: false}\n"
+    )
+    old = _latest(demo_out, "keyframes")
+    code, printed = _tvr("run", str(config), "--set", "keyframes.sampling.strategy=vlm",
+                         "--set", "keyframes.short_side=96")
+    assert code == 0, printed
+    new = _latest(demo_out, "keyframes")
+    assert new != old and (demo_out / "keyframes" / old / "_manifest.json").exists()
+    rows = ds.dataset(demo_out / "keyframes" / new, format="parquet").to_table().to_pylist()
+    assert {r["strategy"] for r in rows} == {"vlm"} and all(len(r["frames"]) == 8 for r in rows)
+    assert all(min(r["width"], r["height"]) == 96 for r in rows)
+
+
+def test_bad_config_value_is_a_clear_error(demo_out, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"out: {tmp_path}/o\n")
+    assert main(["run", str(config), "--set", "keyframes.sampling.num_frame=3"]) == 2
+    assert "unknown config key 'keyframes.sampling.num_frame'; did you mean" in capsys.readouterr().err
+
+
+def test_manifest_command_writes_versioned_tables(demo_out, tmp_path):
+    code, printed = _tvr("manifest", "generic", "--annotations", str(demo_out / "data" / "captions.csv"),
+                         "--videos", str(demo_out / "data" / "videos"), "--out", str(tmp_path / "m"))
+    assert code == 0, printed
+    assert "missing_video: never_downloaded" in printed
+    version = _latest(tmp_path / "m", "manifest")
+    videos = ds.dataset(tmp_path / "m" / "manifest" / version / "videos.parquet").to_table()
+    assert videos.num_rows == 10
+    # Same annotations, same content, same version.
+    assert _tvr("manifest", "generic", "--annotations", str(demo_out / "data" / "captions.csv"),
+                "--videos", str(demo_out / "data" / "videos"), "--out", str(tmp_path / "m"))[0] == 0
+    assert [p.name for p in (tmp_path / "m" / "manifest").iterdir() if p.is_dir()] == [version]
