@@ -89,8 +89,11 @@ def ensure_ray(address: str | None = None) -> None:
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     context = DataContext.get_current()
-    context.enable_progress_bars = False  # ours counts items, not blocks
+    context.enable_progress_bars = False  # ours counts items, not blocks (shards)
     context.print_on_execution_start = False
+    # Per-dataset chatter ("execution finished", "progress bars disabled") drowns our summary.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
 
 
 def stage_identity(stage: Stage, config: Any, inputs: dict[str, StageOutput]) -> dict[str, Any]:
@@ -138,6 +141,7 @@ def run_stage(
     job = _ShardJob(stage, config, store, version,
                     provenance_metadata({**identity, "version": version}, stage.provenance(config)))
     shards = [(s, items.slice(s * size, size)) for s in pending]
+    ensure_ray(runner.address)  # before the clock starts: Ray's start-up is per run, not per item
     started = time.perf_counter()
     computed = 0
     with tqdm(total=sum(t.num_rows for _, t in shards), unit="item", desc=stage.name,
@@ -293,10 +297,8 @@ def _execute(job: _ShardJob, shards: list[tuple[int, pa.Table]], runner: RunnerC
     """Yield one summary per completed shard, in completion order."""
     if not shards:
         return
-    import ray
     from ray.data import DataContext
 
-    ensure_ray(runner.address)
     # Shards whose worker keeps dying are dropped by Ray Data instead of ending the run; they
     # are isolated below. Python exceptions never get here: process_items catches them per item.
     DataContext.get_current().max_errored_blocks = -1

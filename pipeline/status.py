@@ -31,11 +31,13 @@ def _count_rows(store: Store, folder: str, names: list[str]) -> int:
 
 
 def collect(out: str) -> list[VersionStatus]:
+    from pipeline.stages import STAGES
+
     store = Store.open(out)
+    order = ["manifest", *STAGES]
+    stages = [s for s in store.list_dirs() if s != "failures"]
     found = []
-    for stage in store.list_dirs():
-        if stage == "failures":
-            continue
+    for stage in sorted(stages, key=lambda s: (order.index(s) if s in order else len(order), s)):
         latest = store.read_text(stage, outputs.LATEST_FILE).strip() if store.exists(stage, outputs.LATEST_FILE) else None
         for version in store.list_dirs(stage):
             manifest = outputs.read_manifest(store, stage, version)

@@ -18,22 +18,6 @@ from pipeline.schema import VIDEOS
 from pipeline.stage import Failure, Stage
 from pipeline.storage import Store
 
-@pytest.fixture(scope="session")
-def ray_session():
-    import os
-
-    import ray
-
-    from pipeline.runner import ensure_ray
-
-    # Workers unpickle test-defined stages by module name: let them import from tests/.
-    here = os.path.dirname(__file__)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
-    ensure_ray()
-    yield
-    ray.shutdown()
-
-
 TOY_SCHEMA = pa.schema([("video_id", pa.string()), ("doubled", pa.int64())])
 
 

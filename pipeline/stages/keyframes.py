@@ -17,6 +17,7 @@ import pyarrow as pa
 from pipeline.decode.keyframes import extract_keyframes
 from pipeline.decode.probe import VideoError
 from pipeline.decode.sampling import Sampling, Uniform
+from pipeline.decode.sources import backend_version
 from pipeline.schema import KEYFRAMES
 from pipeline.stage import Failure, Stage
 
@@ -70,12 +71,7 @@ def keyframes_setup(config: KeyframesConfig):
 
 
 def _decoder_versions(config: KeyframesConfig) -> dict[str, str]:
-    import subprocess
-
-    import decord
-
-    ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
-    return {"decoders": f"decord {decord.__version__}; {ffmpeg.splitlines()[0] if ffmpeg else 'ffmpeg ?'}"}
+    return {"decoders": "; ".join(f"{b} {backend_version(b)}" for b in ("decord", "ffmpeg"))}
 
 
 STAGE = Stage(

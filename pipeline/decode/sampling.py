@@ -1,0 +1,233 @@
+"""Which frames of a video to keep: the sampling strategies of the papers we reproduce.
+
+Each strategy is a small frozen dataclass whose first field, `strategy`, names it (the YAML
+config loader picks the member of the `Sampling` union by that field). Fields are keyword-only,
+so `Uniform(num_frames=8)`, never `Uniform(8)` (which would set `strategy`). `choose_frames` maps a
+strategy and a video's per-frame timestamps to frame indices. Every strategy but Disparity looks
+only at timestamps, so the decoder then seeks to just those frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from pipeline.decode.probe import VideoError
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_name(sampling) -> None:
+    expected = type(sampling).__dataclass_fields__["strategy"].default
+    _require(
+        sampling.strategy == expected,
+        f"strategy must be {expected!r}, got {sampling.strategy!r}",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Uniform:
+    """N frames at the centres of N equal segments (CLIP4Clip / X-Pool style)."""
+
+    strategy: Literal["uniform"] = "uniform"
+    num_frames: int = 12
+
+    def __post_init__(self):
+        _check_name(self)
+        _require(self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentRandom:
+    """One random frame per equal segment (TSN-style training sampling), seeded per video."""
+
+    strategy: Literal["segment_random"] = "segment_random"
+    num_frames: int = 12
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_name(self)
+        _require(self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fps:
+    """Frames at a fixed rate in seconds (t = 0, 1/rate, ...), right for variable frame rates;
+    at most max_frames, spread uniformly over those, when set."""
+
+    strategy: Literal["fps"] = "fps"
+    rate: float = 1.0
+    max_frames: int | None = None
+
+    def __post_init__(self):
+        _check_name(self)
+        _require(self.rate > 0, f"rate must be > 0, got {self.rate}")
+        _require(
+            self.max_frames is None or self.max_frames >= 1,
+            f"max_frames must be >= 1 or None, got {self.max_frames}",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Vlm:
+    """Sparse frames for prompting a video VLM, sampled as LLaVA-NeXT-Video does
+    (`np.linspace(0, F - 1, N, dtype=int)`: first and last frame included)."""
+
+    strategy: Literal["vlm"] = "vlm"
+    num_frames: int = 8
+
+    def __post_init__(self):
+        _check_name(self)
+        _require(self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Disparity:
+    """MMI key-images: the frames where the content changes most.
+
+    Low-resolution grey candidates are read at about candidate_fps; each is scored by its mean
+    absolute difference to the previous candidate. The first frame is always kept, then the
+    highest-scoring change points at least min_gap_seconds apart; uniform frames fill up when
+    there are too few."""
+
+    strategy: Literal["disparity"] = "disparity"
+    num_frames: int = 8
+    candidate_fps: float = 2.0
+    min_gap_seconds: float = 0.5
+
+    def __post_init__(self):
+        _check_name(self)
+        _require(self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}")
+        _require(self.candidate_fps > 0, f"candidate_fps must be > 0, got {self.candidate_fps}")
+        _require(self.min_gap_seconds >= 0, "min_gap_seconds must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MiddleSegment:
+    """LSDO's "single" frame: split into num_segments and take one seeded random frame of the
+    middle segment (0-based index num_segments // 2 - 1: the 6th of 12, the 32nd of 64)."""
+
+    strategy: Literal["middle_segment"] = "middle_segment"
+    num_segments: int = 12
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_name(self)
+        _require(self.num_segments >= 2, f"num_segments must be >= 2, got {self.num_segments}")
+
+
+Sampling = Uniform | SegmentRandom | Fps | Vlm | Disparity | MiddleSegment
+
+ReadGray = Callable[[list[int]], np.ndarray]  # indices -> uint8 [n, h, w]
+
+
+@dataclass
+class Selection:
+    indices: list[int]  # presentation-order frame indices, ascending
+    repeated: bool  # the video has fewer distinct frames than asked for, so some repeat
+
+
+def choose_frames(
+    sampling: Sampling,
+    timestamps: np.ndarray,
+    video_id: str,
+    read_gray: ReadGray | None = None,
+) -> Selection:
+    """Frame indices for one video. `timestamps` holds each frame's presentation time in
+    seconds (its length is the frame count); `read_gray` is needed by Disparity only."""
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    frame_count = len(timestamps)
+    if frame_count == 0:
+        raise VideoError("decode_error", "the video has no frames to sample")
+    match sampling:
+        case Uniform(num_frames=n):
+            indices = segment_centres(frame_count, n)
+        case SegmentRandom(num_frames=n, seed=seed):
+            rng = video_rng(seed, video_id)
+            indices = [_random_in_segment(frame_count, n, k, rng) for k in range(n)]
+        case Fps(rate=rate, max_frames=max_frames):
+            indices = _at_rate(timestamps, rate)
+            if max_frames is not None and len(indices) > max_frames:
+                indices = [indices[i] for i in segment_centres(len(indices), max_frames)]
+        case Vlm(num_frames=n):
+            indices = np.linspace(0, frame_count - 1, n, dtype=int).tolist()
+        case Disparity():
+            if read_gray is None:
+                raise ValueError("Disparity sampling needs read_gray to look at the frames")
+            indices = _disparity(sampling, timestamps, read_gray)
+        case MiddleSegment(num_segments=s, seed=seed):
+            middle = s // 2 - 1
+            indices = [_random_in_segment(frame_count, s, middle, video_rng(seed, video_id))]
+        case _:
+            raise TypeError(f"unknown sampling strategy: {sampling!r}")
+    indices = sorted(int(i) for i in indices)
+    return Selection(indices=indices, repeated=len(set(indices)) < len(indices))
+
+
+# ---- index rules --------------------------------------------------------------------------------
+
+
+def segment_centres(frame_count: int, n: int) -> list[int]:
+    """floor((2k+1)F / 2N) for k < N: the centre frame of each of N equal segments of [0, F)."""
+    return [(2 * k + 1) * frame_count // (2 * n) for k in range(n)]
+
+
+def video_rng(seed: int, video_id: str) -> np.random.Generator:
+    """A generator fixed by (seed, video_id). sha256, not hash(): Python salts str hashes per
+    process, and the same video must get the same frames in every worker and every run."""
+    digest = hashlib.sha256(f"{seed}\0{video_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
+
+
+def _random_in_segment(frame_count: int, n: int, k: int, rng: np.random.Generator) -> int:
+    """A random frame of segment k of N equal segments; a segment shorter than one frame (when
+    F < N) is its first frame."""
+    start = k * frame_count // n
+    stop = max((k + 1) * frame_count // n, start + 1)
+    return int(rng.integers(start, stop))
+
+
+# Matroska stores milliseconds, so a frame shown at 1/3 s reads 0.333: accept frames up to
+# half a millisecond before the target time as "at" it.
+_TIME_SLACK = 0.0005
+
+
+def _at_rate(timestamps: np.ndarray, rate: float) -> list[int]:
+    """For t = 0, 1/rate, 2/rate, ... up to the last frame: the first frame shown at or after t
+    (times count from the first frame)."""
+    times = timestamps - timestamps[0]
+    count = int(np.floor((times[-1] + _TIME_SLACK) * rate)) + 1
+    targets = np.arange(count) / rate
+    return np.searchsorted(times, targets - _TIME_SLACK, side="left").tolist()
+
+
+def _disparity(sampling: Disparity, timestamps: np.ndarray, read_gray: ReadGray) -> list[int]:
+    n, frame_count = sampling.num_frames, len(timestamps)
+    if frame_count <= n:
+        return segment_centres(frame_count, n)  # every frame, repeated to N
+    candidates = sorted(set(_at_rate(timestamps, sampling.candidate_fps)))
+    grey = np.asarray(read_gray(candidates), dtype=np.float32)
+    change = np.abs(np.diff(grey, axis=0)).mean(axis=(1, 2))
+    scores = np.concatenate([[np.inf], change])  # the first frame is always kept
+    chosen: list[int] = []
+    for c in np.argsort(-scores, kind="stable"):
+        if len(chosen) == n or scores[c] == 0:  # an unchanged frame is no change point
+            break
+        t = timestamps[candidates[c]]
+        if all(abs(t - timestamps[i]) >= sampling.min_gap_seconds for i in chosen):
+            chosen.append(candidates[c])
+    # Too few change points far enough apart: fill from the uniform frames. With F > N the N
+    # centres are distinct, so this always reaches N.
+    for i in segment_centres(frame_count, n):
+        if len(chosen) == n:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return chosen

@@ -1,0 +1,161 @@
+"""Shared test fixtures.
+
+Videos are generated once per test session with `pipeline.synth` (ffmpeg lavfi sources) into a
+temporary folder; each fixture returns the path as a string. They are small (160-320 pixels
+wide, a few seconds) so that the whole set takes a few seconds to make on two cores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline import synth
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("videos")
+
+
+# ---- decodable clips -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def h264_long_gop(video_dir) -> str:
+    """12 s H.264 with B-frames and 5 s GOPs (keyframes at frames 0, 125, 250), plus audio."""
+    path = video_dir / "h264_long_gop.mp4"
+    synth.make_clip(path, seconds=12, width=320, height=180, fps=25, gop_seconds=5, audio=True)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def vfr_mp4(video_dir) -> str:
+    """4 s of 30 fps with frames dropped irregularly: 84 frames, real timestamps."""
+    path = video_dir / "vfr.mp4"
+    synth.make_clip(path, seconds=4, width=320, height=180, fps=30, vfr=True)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def vfr_mkv(video_dir) -> str:
+    """The same variable frame rate in Matroska, whose timestamps are whole milliseconds."""
+    path = video_dir / "vfr.mkv"
+    synth.make_clip(path, seconds=4, width=320, height=180, fps=30, vfr=True)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def mpeg4_avi(video_dir) -> str:
+    """MPEG-4 part 2 in AVI at 24 fps, GOPs of 12 (the encoder's default). AVI counts time in
+    frames (time base 1/24), which trips any seek or trim time that is not exactly a frame's."""
+    path = video_dir / "mpeg4.avi"
+    synth.make_clip(path, seconds=4, width=320, height=180, fps=24, codec="mpeg4")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def mpeg4_bframes_avi(video_dir) -> str:
+    """MPEG-4 with B-frames in AVI: packets carry no presentation times (decord misreads it)."""
+    path = video_dir / "mpeg4_bframes.avi"
+    synth.make_clip(
+        path, seconds=4, width=320, height=180, fps=25, codec="mpeg4", encoder_args=("-bf", "2")
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def open_gop_mp4(video_dir) -> str:
+    """H.264 with open GOPs: frames after a keyframe in decode order are shown before it."""
+    path = video_dir / "open_gop.mp4"
+    synth.make_clip(
+        path, seconds=6, width=320, height=180, fps=25, gop_seconds=1,
+        encoder_args=("-x264-params", "open-gop=1"),
+    )  # fmt: skip
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def bframes_ts(video_dir) -> str:
+    """H.264 with B-frames in MPEG-TS, which has no frame index (and starts at 1.4 s)."""
+    path = video_dir / "bframes.ts"
+    synth.make_clip(path, seconds=6, width=320, height=180, fps=25, gop_seconds=1, audio=True)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def vp9_webm(video_dir) -> str:
+    path = video_dir / "vp9.webm"
+    synth.make_clip(
+        path, seconds=4, width=320, height=180, fps=25, codec="libvpx-vp9", gop_seconds=2
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def rotated_mp4(video_dir) -> str:
+    """Stored landscape 160x90, displayed after turning 90° clockwise; 10 frames."""
+    path = video_dir / "rotated90.mp4"
+    synth.make_clip(path, seconds=1, width=160, height=90, fps=10, rotation=90)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def scene_clip(video_dir) -> str:
+    """Three 2 s scenes with hard cuts at frames 50 and 100 (25 fps)."""
+    path = video_dir / "scenes.mp4"
+    scenes = [("testsrc2", 2.0), ("mandelbrot", 2.0), ("smptebars", 2.0)]
+    synth.make_scene_clip(path, scenes=scenes, width=160, height=90, fps=25)
+    return str(path)
+
+
+# ---- broken files --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def truncated_mp4(video_dir, h264_long_gop) -> str:
+    """Cut in half: the index (moov) written at the end is gone."""
+    return str(synth.make_truncated(h264_long_gop, video_dir / "truncated.mp4", 0.5))
+
+
+@pytest.fixture(scope="session")
+def truncated_mkv(video_dir) -> str:
+    full = synth.make_clip(video_dir / "full.mkv", seconds=4, width=320, height=180, fps=25)
+    return str(synth.make_truncated(full, video_dir / "truncated.mkv", 0.5))
+
+
+@pytest.fixture(scope="session")
+def garbage_mp4(video_dir) -> str:
+    return str(synth.make_garbage(video_dir / "garbage.mp4"))
+
+
+@pytest.fixture(scope="session")
+def zero_byte_mp4(video_dir) -> str:
+    return str(synth.make_zero_byte(video_dir / "empty.mp4"))
+
+
+@pytest.fixture(scope="session")
+def audio_only(video_dir) -> str:
+    return str(synth.make_audio_only(video_dir / "audio_only.m4a"))
+
+
+@pytest.fixture(scope="session")
+def unknown_codec_mkv(video_dir) -> str:
+    return str(synth.make_unknown_codec(video_dir / "unknown_codec.mkv"))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (starting Ray costs seconds)."""
+    import ray
+
+    from pipeline.runner import ensure_ray
+
+    # Workers unpickle test-defined stages by module name: let them import from tests/.
+    here = os.path.dirname(__file__)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    ensure_ray()
+    yield
+    ray.shutdown()

@@ -1,0 +1,268 @@
+"""Frame sampling strategies: exact indices, seeding, variable frame rates, and Disparity finding
+the cuts of a real video through both decoders."""
+
+import typing
+
+import numpy as np
+import pytest
+
+from pipeline.decode.probe import VideoError
+from pipeline.decode.sampling import (
+    Disparity,
+    Fps,
+    MiddleSegment,
+    Sampling,
+    SegmentRandom,
+    Uniform,
+    Vlm,
+    choose_frames,
+)
+from pipeline.decode.sources import open_source
+
+
+def cfr(frame_count: int, fps: float = 25.0) -> np.ndarray:
+    return np.arange(frame_count) / fps
+
+
+def pick(sampling, frame_count: int, video_id: str = "video0", **kwargs) -> list[int]:
+    return choose_frames(sampling, cfr(frame_count), video_id, **kwargs).indices
+
+
+# ---- Uniform -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frame_count", "expected"),
+    [
+        # floor((2k+1) * 100 / 24)
+        (100, [4, 12, 20, 29, 37, 45, 54, 62, 70, 79, 87, 95]),
+        (12, list(range(12))),
+        (24, [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23]),
+        (5, [0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4]),
+        (1, [0] * 12),
+    ],
+)
+def test_uniform_takes_segment_centres(frame_count, expected):
+    selection = choose_frames(Uniform(num_frames=12), cfr(frame_count), "v")
+    assert selection.indices == expected
+    assert selection.repeated == (frame_count < 12)
+
+
+# ---- SegmentRandom -------------------------------------------------------------------------------
+
+
+def test_segment_random_takes_one_frame_per_segment():
+    indices = pick(SegmentRandom(num_frames=12, seed=3), 100)
+    bounds = [(k * 100 // 12, (k + 1) * 100 // 12) for k in range(12)]
+    assert len(indices) == 12
+    assert all(lo <= i < hi for i, (lo, hi) in zip(indices, bounds, strict=True))
+
+
+def test_segment_random_is_fixed_by_seed_and_video():
+    strategy = SegmentRandom(num_frames=12, seed=7)
+    first = pick(strategy, 1000, "video42")
+    assert pick(strategy, 1000, "video42") == first
+    assert pick(SegmentRandom(num_frames=12, seed=8), 1000, "video42") != first
+    assert pick(strategy, 1000, "video43") != first
+
+
+def test_segment_random_short_video_repeats():
+    # Segments shorter than a frame give their first frame: floor(5k / 12).
+    selection = choose_frames(SegmentRandom(num_frames=12, seed=0), cfr(5), "v")
+    assert selection.indices == [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4]
+    assert selection.repeated
+
+
+# ---- Fps -----------------------------------------------------------------------------------------
+
+
+def test_fps_on_constant_rate():
+    timestamps = np.arange(180) / 30  # 6 s
+    assert choose_frames(Fps(rate=1.0), timestamps, "v").indices == [0, 30, 60, 90, 120, 150]
+    assert choose_frames(Fps(rate=0.5), timestamps, "v").indices == [0, 60, 120]
+
+
+def test_fps_uses_the_timestamps_of_variable_frame_rates():
+    timestamps = np.array([0.0, 0.1, 0.5, 0.9, 1.0, 1.7, 2.05, 2.2])
+    # t = 0, 1, 2: first frame at or after each.
+    assert choose_frames(Fps(rate=1.0), timestamps, "v").indices == [0, 4, 6]
+    # t = 0, 0.5, 1, 1.5, 2
+    assert choose_frames(Fps(rate=2.0), timestamps, "v").indices == [0, 2, 4, 5, 6]
+
+
+def test_fps_counts_from_the_first_frame():
+    timestamps = 10.0 + np.array([0.0, 0.1, 0.5, 0.9, 1.0, 1.7, 2.05, 2.2])
+    assert choose_frames(Fps(rate=1.0), timestamps, "v").indices == [0, 4, 6]
+
+
+def test_fps_tolerates_millisecond_timestamps():
+    timestamps = np.round(np.arange(30) / 30, 3)  # as Matroska stores them: 1/3 s reads 0.333
+    assert choose_frames(Fps(rate=3.0), timestamps, "v").indices == [0, 10, 20]
+
+
+def test_fps_max_frames_subsamples_uniformly():
+    timestamps = np.arange(180) / 30  # six frames at 1 fps: 0, 30, ..., 150
+    selection = choose_frames(Fps(rate=1.0, max_frames=2), timestamps, "v")
+    assert selection.indices == [30, 120]  # centres of 2 segments of the 6
+
+
+def test_fps_faster_than_the_video_repeats():
+    timestamps = np.arange(10) / 5  # 5 fps, 2 s
+    selection = choose_frames(Fps(rate=10.0), timestamps, "v")
+    assert selection.repeated
+    assert selection.indices[:4] == [0, 1, 1, 2]
+
+
+# ---- Vlm -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frame_count", "expected"),
+    [
+        # np.linspace(0, 99, 8) = 0, 14.1, 28.3, 42.4, 56.6, 70.7, 84.9, 99 -> truncated
+        (100, [0, 14, 28, 42, 56, 70, 84, 99]),
+        (8, list(range(8))),
+        (5, [0, 0, 1, 1, 2, 2, 3, 4]),
+    ],
+)
+def test_vlm_samples_like_llava_next_video(frame_count, expected):
+    selection = choose_frames(Vlm(num_frames=8), cfr(frame_count), "v")
+    assert selection.indices == expected
+    assert selection.repeated == (frame_count < 8)
+
+
+# ---- MiddleSegment -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("segments", "frame_count", "lo", "hi"),
+    [(12, 120, 50, 60), (64, 640, 310, 320), (12, 1000, 416, 500)],
+)
+def test_middle_segment_picks_from_the_middle_segment(segments, frame_count, lo, hi):
+    for video in ("a", "b", "c", "d"):
+        (index,) = pick(MiddleSegment(num_segments=segments, seed=0), frame_count, video)
+        assert lo <= index < hi
+
+
+def test_middle_segment_is_seeded():
+    strategy = MiddleSegment(num_segments=12, seed=1)
+    assert pick(strategy, 12000, "x") == pick(strategy, 12000, "x")
+    picks = {pick(MiddleSegment(num_segments=12, seed=s), 12000, "x")[0] for s in range(5)}
+    assert len(picks) > 1
+
+
+def test_middle_segment_short_video():
+    # Segment 5 of 12 over 5 frames starts at floor(25 / 12) = 2 and is shorter than a frame.
+    selection = choose_frames(MiddleSegment(num_segments=12), cfr(5), "v")
+    assert selection.indices == [2]
+    assert not selection.repeated
+
+
+# ---- Disparity -----------------------------------------------------------------------------------
+
+
+def scenes_reader(frame_count: int, cuts: list[int]):
+    """read_gray over a fake video: flat grey scenes that change at `cuts`."""
+    levels = np.searchsorted(cuts, np.arange(frame_count), side="right") * 60
+
+    def read_gray(indices):
+        return np.stack([np.full((9, 16), levels[i], np.uint8) for i in indices])
+
+    return read_gray
+
+
+def test_disparity_keeps_first_frame_and_cuts():
+    # 10 fps, 10 s; candidates at 2 fps are frames 0, 5, 10, ...; cuts after 23 and 61.
+    read_gray = scenes_reader(100, [23, 61])
+    timestamps = np.arange(100) / 10
+    strategy = Disparity(num_frames=3, candidate_fps=2.0, min_gap_seconds=0.5)
+    assert choose_frames(strategy, timestamps, "v", read_gray).indices == [0, 25, 65]
+
+
+def test_disparity_fills_with_uniform_frames():
+    read_gray = scenes_reader(100, [23, 61])
+    timestamps = np.arange(100) / 10
+    strategy = Disparity(num_frames=5, candidate_fps=2.0, min_gap_seconds=0.5)
+    # Change points 0, 25, 65, then uniform centres 10, 30 (of 10, 30, 50, 70, 90).
+    assert choose_frames(strategy, timestamps, "v", read_gray).indices == [0, 10, 25, 30, 65]
+
+
+def test_disparity_respects_min_gap():
+    # Cuts after 23 and 27 make candidates 25 and 30 (0.5 s apart) both change points.
+    read_gray = scenes_reader(100, [23, 27, 61])
+    timestamps = np.arange(100) / 10
+    close = Disparity(num_frames=4, candidate_fps=2.0, min_gap_seconds=0.4)
+    assert choose_frames(close, timestamps, "v", read_gray).indices == [0, 25, 30, 65]
+    apart = Disparity(num_frames=3, candidate_fps=2.0, min_gap_seconds=1.0)
+    picked = choose_frames(apart, timestamps, "v", read_gray).indices
+    assert picked[0] == 0 and picked[-1] == 65
+    assert picked[1] in (25, 30)
+
+
+def test_disparity_short_video_repeats():
+    selection = choose_frames(Disparity(num_frames=8), cfr(3), "v", scenes_reader(3, []))
+    assert selection.indices == [0, 0, 0, 1, 1, 2, 2, 2]
+    assert selection.repeated
+
+
+def test_disparity_needs_frames():
+    with pytest.raises(ValueError, match="read_gray"):
+        choose_frames(Disparity(), cfr(100), "v")
+
+
+@pytest.mark.parametrize("backend", ["decord", "ffmpeg"])
+def test_disparity_finds_the_cuts_of_a_real_video(scene_clip, backend):
+    cuts = [50, 100]  # the fixture's three 2 s scenes at 25 fps
+    candidate_spacing = 25 / 2.0  # frames between candidates at 2 fps
+    with open_source(scene_clip, backend) as source:
+
+        def read_gray(indices):
+            return source.read_gray(indices, size=(32, 18))
+
+        strategy = Disparity(num_frames=3, candidate_fps=2.0)
+        picked = choose_frames(strategy, source.timestamps, "v", read_gray).indices
+    assert picked[0] == 0
+    for found, cut in zip(picked[1:], cuts, strict=True):
+        assert cut <= found < cut + candidate_spacing
+
+
+# ---- common rules --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [Uniform(), SegmentRandom(), Fps(), Vlm(), MiddleSegment(), Disparity()],
+)
+def test_no_frames_is_a_decode_error(strategy):
+    with pytest.raises(VideoError) as caught:
+        choose_frames(strategy, np.array([]), "v", read_gray=lambda i: np.zeros((len(i), 2, 2)))
+    assert caught.value.reason == "decode_error"
+
+
+def test_strategies_are_named_by_their_first_field():
+    members = typing.get_args(Sampling)
+    names = [m.__dataclass_fields__["strategy"].default for m in members]
+    assert names == ["uniform", "segment_random", "fps", "vlm", "disparity", "middle_segment"]
+    for member in members:
+        assert next(iter(member.__dataclass_fields__)) == "strategy"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Uniform(num_frames=0),
+        lambda: Fps(rate=0),
+        lambda: Fps(max_frames=0),
+        lambda: MiddleSegment(num_segments=1),
+        lambda: Disparity(candidate_fps=-1),
+        lambda: Uniform(strategy="fps"),
+    ],
+)
+def test_bad_parameters_are_refused(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_parameters_are_keyword_only():
+    with pytest.raises(TypeError):
+        Uniform(8)  # would silently set `strategy` if positional
