@@ -32,17 +32,17 @@ from pipeline.stages.keyframes import KeyframesConfig
 from pipeline.stages.probe import ProbeConfig
 from pipeline.storage import Store
 
-SECONDS, WIDTH, HEIGHT, FPS, NUM_FRAMES = 60, 640, 360, 25, 12
+WIDTH, HEIGHT, FPS, NUM_FRAMES = 640, 360, 25, 12
 
 
-def make_clips(folder: Path, count: int, gop_seconds: float) -> list[Path]:
+def make_clips(folder: Path, count: int, seconds: float, gop_seconds: float) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     patterns = ["testsrc2", "mandelbrot", "smptebars", "rgbtestsrc"]
     clips = []
     for i in range(count):
         path = folder / f"clip{i:03d}.mp4"
         if not path.exists():
-            synth.make_clip(path, seconds=SECONDS, width=WIDTH, height=HEIGHT, fps=FPS,
+            synth.make_clip(path, seconds=seconds, width=WIDTH, height=HEIGHT, fps=FPS,
                             gop_seconds=gop_seconds, pattern=patterns[i % len(patterns)])
         clips.append(path)
     return clips
@@ -66,7 +66,7 @@ def _bare_ffmpeg(path: Path) -> int:
     from pipeline.decode.sources import open_source
 
     with open_source(str(path), "ffmpeg") as source:
-        selection = choose_frames(Uniform(NUM_FRAMES), source.timestamps, path.stem)
+        selection = choose_frames(Uniform(num_frames=NUM_FRAMES), source.timestamps, path.stem)
         return source.read(selection.indices).shape[0]
 
 
@@ -81,17 +81,18 @@ def _pool_rate(fn, clips: list[Path], workers: int) -> float:
 def _stage_rate(clips: list[Path], backend: str, workers: int, scratch: Path) -> float:
     store = Store.open(str(scratch / f"out-{backend}-{time.time_ns()}"))
     annotations = scratch / "captions.csv"
-    annotations.write_text("video_id,path,caption\n" + "".join(f"{c.stem},{c},clip\n" for c in clips))
+    annotations.write_text("video_id,path,caption\n" + "".join(f"{c.stem},{c.resolve()},clip\n" for c in clips))
     from pipeline.run import DatasetConfig, build_and_write_manifest
 
     manifest, _ = build_and_write_manifest(
         store, DatasetConfig(format="generic", annotations=str(annotations), videos=str(clips[0].parent)))
-    runner = RunnerConfig(rows_per_shard=1, max_workers=workers, progress=False)
+    runner = RunnerConfig(rows_per_shard=4, max_workers=workers, progress=False)
     probe = run_stage(store, STAGES["probe"], ProbeConfig(), {"manifest": manifest}, runner)
     inputs = {"manifest": manifest, "probe": outputs.latest(store, "probe")}
-    config = KeyframesConfig(sampling=Uniform(NUM_FRAMES), backend=backend, fallback=False)
+    config = KeyframesConfig(sampling=Uniform(num_frames=NUM_FRAMES), backend=backend, fallback=False)
     result = run_stage(store, STAGES["keyframes"], config, inputs, runner)
-    assert result.failures == 0 and probe.failures == 0, "benchmark clips must all decode"
+    if result.failures or probe.failures:
+        raise RuntimeError(f"benchmark clips must all decode; see the failures under {store.root}")
     return result.items_per_second
 
 
@@ -99,19 +100,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=60, help="clip length")
     parser.add_argument("--data", default="bench/_data", help="where the generated clips are kept")
     args = parser.parse_args()
     ensure_ray()
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, "
           f"{subprocess.run(['ffmpeg', '-version'], capture_output=True, text=True).stdout.split(chr(10))[0]}")
-    print(f"{args.clips} clips of {SECONDS} s {WIDTH}x{HEIGHT} {FPS} fps H.264, {NUM_FRAMES} uniform "
+    print(f"{args.clips} clips of {args.seconds:g} s {WIDTH}x{HEIGHT} {FPS} fps H.264, {NUM_FRAMES} uniform "
           f"frames, {args.workers} worker processes with one decoder thread each\n")
     print("| GOP | full decode | bare decord | stage decord | stage/bare | bare ffmpeg | stage ffmpeg | stage/bare |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch:
         for gop in (2.0, 10.0):
-            clips = make_clips(Path(args.data) / f"gop{gop:g}s", args.clips, gop)
+            folder = Path(args.data) / f"{args.seconds:g}s-gop{gop:g}s"
+            clips = make_clips(folder, args.clips, args.seconds, gop)
             full = _pool_rate(_full_decode, clips, args.workers)
             bare = {"decord": _pool_rate(_bare_decord, clips, args.workers),
                     "ffmpeg": _pool_rate(_bare_ffmpeg, clips, args.workers)}

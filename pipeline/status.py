@@ -38,7 +38,9 @@ def collect(out: str) -> list[VersionStatus]:
     stages = [s for s in store.list_dirs() if s != "failures"]
     found = []
     for stage in sorted(stages, key=lambda s: (order.index(s) if s in order else len(order), s)):
-        latest = store.read_text(stage, outputs.LATEST_FILE).strip() if store.exists(stage, outputs.LATEST_FILE) else None
+        latest = None
+        if store.exists(stage, outputs.LATEST_FILE):
+            latest = store.read_text(stage, outputs.LATEST_FILE).strip()
         for version in store.list_dirs(stage):
             manifest = outputs.read_manifest(store, stage, version)
             if manifest is None:
@@ -68,20 +70,20 @@ def collect(out: str) -> list[VersionStatus]:
     return found
 
 
+_ROW = "{:<12} {:<13} {:<11} {:>9} {:>7} {:>7} {:>8}  {}"
+
+
 def render(statuses: list[VersionStatus]) -> str:
     if not statuses:
         return "no stage output here"
-    header = f"{'stage':<12} {'version':<13} {'state':<11} {'shards':>9} {'items':>7} {'rows':>7} {'failures':>8}  created"
-    lines = [header]
+    lines = [_ROW.format("stage", "version", "state", "shards", "items", "rows", "failures", "created")]
     for s in statuses:
         state = ("complete" if s.complete else "partial") + (" *" if s.latest else "")
+        shards = "" if s.stage == "manifest" else f"{s.shards_committed}/{s.shards_planned}"
+        line = _ROW.format(s.stage, s.version, state, shards, s.items, s.rows, s.failures, s.created)
         if s.stage == "manifest":
-            lines.append(f"{s.stage:<12} {s.version:<13} {state:<11} {'':>9} {s.items:>7} {s.rows:>7} {s.failures:>8}  {s.created}"
-                         "   (videos, captions, problems)")
-            continue
-        shards = f"{s.shards_committed}/{s.shards_planned}"
-        line = f"{s.stage:<12} {s.version:<13} {state:<11} {shards:>9} {s.items:>7} {s.rows:>7} {s.failures:>8}  {s.created}"
-        if s.uncommitted_files:
+            line += "   (videos, captions, problems)"
+        elif s.uncommitted_files:
             line += f"   ({s.uncommitted_files} uncommitted part files: rerun to finish)"
         lines.append(line)
     lines.append("* = LATEST")

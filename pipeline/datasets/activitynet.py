@@ -10,10 +10,15 @@ from pipeline.datasets.files import (
     expect_key,
     expect_string_list,
     expect_type,
-    find_split_files,
     load_json,
+    read_released_splits,
 )
-from pipeline.datasets.records import AnnotationError, Annotations, CaptionRecord, VideoRecord
+from pipeline.datasets.records import (
+    AnnotationError,
+    Annotations,
+    CaptionRecord,
+    VideoRecord,
+)
 
 FORMAT = "activitynet"
 
@@ -29,10 +34,7 @@ def read(annotations: Path, options: ActivitynetOptions) -> Annotations:
     if options.test_file not in ("val_1", "val_2"):
         raise AnnotationError(f"activitynet: test_file must be 'val_1' or 'val_2', got {options.test_file!r}")
     released = [ReleasedFile("train.json", "train"), ReleasedFile(f"{options.test_file}.json", "test")]
-    videos = []
-    for spec, path in find_split_files(FORMAT, annotations, released):
-        videos.extend(read_split(path, spec.split))
-    return Annotations(videos)
+    return read_released_splits(FORMAT, annotations, released, read_split)
 
 
 def read_split(path: Path, split: str) -> list[VideoRecord]:

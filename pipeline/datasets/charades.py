@@ -5,8 +5,13 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.datasets.files import ReleasedFile, expect_columns, find_split_files
-from pipeline.datasets.records import AnnotationError, Annotations, CaptionRecord, VideoRecord
+from pipeline.datasets.files import ReleasedFile, expect_columns, read_released_splits
+from pipeline.datasets.records import (
+    AnnotationError,
+    Annotations,
+    CaptionRecord,
+    VideoRecord,
+)
 
 FORMAT = "charades"
 RELEASED = [ReleasedFile("Charades_v1_train.csv", "train"), ReleasedFile("Charades_v1_test.csv", "test")]
@@ -20,10 +25,7 @@ class CharadesOptions:
 
 
 def read(annotations: Path, options: CharadesOptions) -> Annotations:
-    videos = []
-    for spec, path in find_split_files(FORMAT, annotations, RELEASED):
-        videos.extend(read_split(path, spec.split))
-    return Annotations(videos)
+    return read_released_splits(FORMAT, annotations, RELEASED, read_split)
 
 
 def read_split(path: Path, split: str) -> list[VideoRecord]:

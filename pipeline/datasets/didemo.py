@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.datasets.files import ReleasedFile, expect_key, expect_type, find_split_files, load_json
+from pipeline.datasets.files import (
+    ReleasedFile,
+    expect_key,
+    expect_type,
+    load_json,
+    read_released_splits,
+)
 from pipeline.datasets.records import Annotations, CaptionRecord, VideoRecord
 
 FORMAT = "didemo"
@@ -23,10 +29,7 @@ class DidemoOptions:
 
 
 def read(annotations: Path, options: DidemoOptions) -> Annotations:
-    videos = []
-    for spec, path in find_split_files(FORMAT, annotations, RELEASED):
-        videos.extend(read_split(path, spec.split))
-    return Annotations(videos)
+    return read_released_splits(FORMAT, annotations, RELEASED, read_split)
 
 
 def read_split(path: Path, split: str) -> list[VideoRecord]:

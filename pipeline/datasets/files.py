@@ -3,9 +3,9 @@
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from pipeline.datasets.records import AnnotationError
+from pipeline.datasets.records import AnnotationError, Annotations
 
 
 @dataclass(frozen=True)
@@ -117,3 +117,13 @@ def _as_tuple(expected: type | tuple[type, ...]) -> tuple[type, ...]:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def read_released_splits(
+    fmt: str, annotations: Path, released: list[ReleasedFile], read_split: Callable[[Path, str], list]
+) -> Annotations:
+    """Annotations of every released split file found, each read by `read_split(path, split)`."""
+    videos = []
+    for spec, path in find_split_files(fmt, annotations, released):
+        videos.extend(read_split(path, spec.split))
+    return Annotations(videos)

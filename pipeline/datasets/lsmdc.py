@@ -5,8 +5,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.datasets.files import ReleasedFile, find_split_files
-from pipeline.datasets.records import AnnotationError, Annotations, CaptionRecord, VideoRecord
+from pipeline.datasets.files import ReleasedFile, read_released_splits
+from pipeline.datasets.records import (
+    AnnotationError,
+    Annotations,
+    CaptionRecord,
+    VideoRecord,
+)
 
 FORMAT = "lsmdc"
 RELEASED = [
@@ -25,10 +30,7 @@ class LsmdcOptions:
 
 
 def read(annotations: Path, options: LsmdcOptions) -> Annotations:
-    videos = []
-    for spec, path in find_split_files(FORMAT, annotations, RELEASED):
-        videos.extend(read_split(path, spec.split))
-    return Annotations(videos)
+    return read_released_splits(FORMAT, annotations, RELEASED, read_split)
 
 
 def read_split(path: Path, split: str) -> list[VideoRecord]:

@@ -8,10 +8,15 @@ from pipeline.datasets.files import (
     expect_key,
     expect_string_list,
     expect_type,
-    find_split_files,
     load_json,
+    read_released_splits,
 )
-from pipeline.datasets.records import AnnotationError, Annotations, CaptionRecord, VideoRecord
+from pipeline.datasets.records import (
+    AnnotationError,
+    Annotations,
+    CaptionRecord,
+    VideoRecord,
+)
 
 FORMAT = "vatex"
 RELEASED = [
@@ -28,10 +33,7 @@ class VatexOptions:
 
 
 def read(annotations: Path, options: VatexOptions) -> Annotations:
-    videos = []
-    for spec, path in find_split_files(FORMAT, annotations, RELEASED):
-        videos.extend(read_split(path, spec.split))
-    return Annotations(videos)
+    return read_released_splits(FORMAT, annotations, RELEASED, read_split)
 
 
 def read_split(path: Path, split: str) -> list[VideoRecord]:

@@ -128,28 +128,29 @@ def _gray_size(source: FrameSource) -> tuple[int, int]:
 def _encode_frames(
     source: FrameSource, indices: list[int], short_side: int, quality: int, rotation: int
 ) -> tuple[dict[int, bytes], tuple[int, int]]:
-    """JPEG of each distinct index, decoding a chunk of frames at a time; and their size."""
+    """JPEG of each distinct index, decoding a chunk of frames at a time; and their size.
+
+    Frames are scaled by the decoder itself (swscale, bicubic, while it converts to RGB anyway),
+    which costs a fraction of resizing full-size frames afterwards."""
     distinct = sorted(set(indices))
+    decode_size = scaled_size(source.width, source.height, short_side)
     jpegs: dict[int, bytes] = {}
     size = (0, 0)
     for start in range(0, len(distinct), READ_CHUNK):
         chunk = distinct[start : start + READ_CHUNK]
-        for index, frame in zip(chunk, source.read(chunk), strict=True):
-            image = upright_and_resized(frame, rotation, short_side)
+        for index, frame in zip(chunk, source.read(chunk, size=decode_size), strict=True):
+            image = Image.fromarray(np.ascontiguousarray(np.rot90(frame, k=-(rotation // 90))))
             jpegs[index], size = to_jpeg(image, quality), image.size
     return jpegs, size
 
 
-def upright_and_resized(frame: np.ndarray, rotation: int, short_side: int) -> Image.Image:
-    """Turn a stored frame clockwise by `rotation` degrees, then scale it so that its shorter
-    side is `short_side` (0: keep), keeping the aspect ratio."""
-    upright = np.rot90(frame, k=-(rotation // 90))  # negative k turns clockwise
-    image = Image.fromarray(np.ascontiguousarray(upright))
-    if short_side == 0 or min(image.size) == short_side:
-        return image
-    scale = short_side / min(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC)
+def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int] | None:
+    """The (width, height) whose shorter side is `short_side`, aspect ratio kept (a quarter
+    turn does not change which side is shorter); None keeps the stored size."""
+    if short_side == 0 or min(width, height) == short_side:
+        return None
+    scale = short_side / min(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def to_jpeg(image: Image.Image, quality: int) -> bytes:
