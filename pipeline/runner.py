@@ -354,6 +354,8 @@ def _execute_shards(job: _ShardJob, shards: list[tuple[int, pa.Table]], runner: 
     # (deprecated in Ray 2.60 with no replacement yet; pyproject keeps Ray below 2.64).
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        # Fewer shards than workers (a small run) is fine; Ray Data warns about it.
+        warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
         if job.stage.stateful:
             dataset = dataset.map_batches(
                 _ShardActor, fn_constructor_args=(job,),

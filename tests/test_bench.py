@@ -12,7 +12,7 @@ def test_decode_benchmark_runs_end_to_end(tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray, not the test session's
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "decode.py"), "--clips", "2", "--seconds", "2",
-         "--workers", "1", "--data", str(tmp_path)],
+         "--repeat", "1", "--rounds", "1", "--workers", "1", "--data", str(tmp_path)],
         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr

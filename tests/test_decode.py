@@ -274,10 +274,10 @@ def test_disparity_through_extract_keyframes(scene_clip):
 def _failing_for(broken: set[str]):
     real_open = keyframes_module.open_source
 
-    def open_source_or_fail(path, backend):
+    def open_source_or_fail(path, backend, short_side=0):
         if backend in broken:
             raise RuntimeError(f"{backend} exploded")
-        return real_open(path, backend)
+        return real_open(path, backend, short_side)
 
     return open_source_or_fail
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from pipeline.decode.probe import VideoError
 from pipeline.decode.sampling import Sampling, choose_frames
-from pipeline.decode.sources import Backend, FrameSource, open_source
+from pipeline.decode.sources import Backend, FrameSource, open_source, scaled_size
 
 _OTHER_BACKEND: dict[str, Backend] = {"decord": "ffmpeg", "ffmpeg": "decord"}
 
@@ -101,7 +101,7 @@ def _extract_with(
     jpeg_quality: int,
     rotation: int,
 ) -> Keyframes:
-    with open_source(path, backend) as source:
+    with open_source(path, backend, short_side) as source:
         read_gray = partial(source.read_gray, size=_gray_size(source))
         selection = choose_frames(sampling, source.timestamps, video_id, read_gray=read_gray)
         jpegs_by_index, (width, height) = _encode_frames(
@@ -142,15 +142,6 @@ def _encode_frames(
             image = Image.fromarray(np.ascontiguousarray(np.rot90(frame, k=-(rotation // 90))))
             jpegs[index], size = to_jpeg(image, quality), image.size
     return jpegs, size
-
-
-def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int] | None:
-    """The (width, height) whose shorter side is `short_side`, aspect ratio kept (a quarter
-    turn does not change which side is shorter); None keeps the stored size."""
-    if short_side == 0 or min(width, height) == short_side:
-        return None
-    scale = short_side / min(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def to_jpeg(image: Image.Image, quality: int) -> bytes:

@@ -47,13 +47,14 @@ class FrameSource(Protocol):
     def __exit__(self, *exc) -> None: ...
 
 
-def open_source(path: str, backend: Backend) -> FrameSource:
-    """Open `path` with one decoder. Raises VideoError (missing file, no video stream, ...) or
-    the decoder's own exception when it cannot open the file."""
+def open_source(path: str, backend: Backend, short_side: int = 0) -> FrameSource:
+    """Open `path` with one decoder. `short_side` says at what size most frames will be read
+    (`scaled_size`), so a decoder that must prepare per size can do so once. Raises VideoError
+    (missing file, no video stream, ...) or the decoder's own exception when it cannot open."""
     if not os.path.isfile(path):
         raise VideoError("missing", f"no such file: {path}")
     if backend == "decord":
-        return DecordSource(path)
+        return DecordSource(path, short_side)
     if backend == "ffmpeg":
         from pipeline.decode.ffmpeg_source import FfmpegSource
 
@@ -83,6 +84,15 @@ def distinct_indices(indices: list[int], frame_count: int) -> tuple[list[int], n
         raise IndexError(f"frame indices must be in [0, {frame_count}), got {indices}")
     unique, inverse = np.unique(wanted, return_inverse=True)
     return unique.tolist(), inverse
+
+
+def scaled_size(width: int, height: int, short_side: int) -> Size | None:
+    """The (width, height) whose shorter side is `short_side`, aspect ratio kept (a quarter
+    turn does not change which side is shorter); None keeps the stored size."""
+    if short_side == 0 or min(width, height) == short_side:
+        return None
+    scale = short_side / min(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def to_gray(frames: np.ndarray) -> np.ndarray:
@@ -187,7 +197,7 @@ class DecordSource:
 
     name = "decord"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, short_side: int = 0):
         import decord
 
         layout = _inspect_layout(path)
@@ -199,17 +209,19 @@ class DecordSource:
         decord.logging.set_level(decord.logging.QUIET)  # errors surface as exceptions
         self._decord = decord
         self._path = path
-        self._readers: dict[Size | None, decord.VideoReader] = {None: self._open(None)}
-        self.frame_count = len(self._readers[None])
+        # decord scales while it converts to RGB, but one reader serves one size: open the size
+        # the frames will be read at first (its frame count and times are the same).
+        first = None if self._rotation else scaled_size(self.width, self.height, short_side)
+        self._readers: dict[Size | None, decord.VideoReader] = {first: self._open(first)}
+        self.frame_count = len(self._readers[first])
         if self.frame_count != layout.frame_count:
             raise VideoError(
                 "decode_error",
                 f"decord counts {self.frame_count} frames, the file has {layout.frame_count}",
             )
-        self.timestamps = self._timestamps()
+        self.timestamps = self._timestamps(self._readers[first])
 
-    def _timestamps(self) -> np.ndarray:
-        reader = self._readers[None]
+    def _timestamps(self, reader) -> np.ndarray:
         stamps = reader.get_frame_timestamp(np.arange(self.frame_count))[:, 0].astype(np.float64)
         stamps -= stamps[0]
         if np.isfinite(stamps).all() and (np.diff(stamps) > 0).all():
@@ -220,6 +232,11 @@ class DecordSource:
         raise VideoError(
             "decode_error", "decord has no frame timestamps for this file and cannot seek in it"
         )
+
+    def _reader(self, size: Size | None):
+        if size not in self._readers:
+            self._readers[size] = self._open(size)
+        return self._readers[size]
 
     def _open(self, size: Size | None):
         width, height = size or (-1, -1)
@@ -232,16 +249,14 @@ class DecordSource:
         if self._rotation or size is None:
             frames = self._read_stored(wanted)
             return (resize_frames(frames, size) if size else frames)[inverse]
-        if size not in self._readers:
-            self._readers[size] = self._open(size)
-        return self._batch(self._readers[size], wanted, size)[inverse]
+        return self._batch(self._reader(size), wanted, size)[inverse]
 
     def read_gray(self, indices: list[int], size: Size) -> np.ndarray:
         return to_gray(self.read(indices, size))
 
     def _read_stored(self, wanted: list[int]) -> np.ndarray:
         """Full-size frames, back in the stored orientation."""
-        frames = self._batch(self._readers[None], wanted, None)
+        frames = self._batch(self._reader(None), wanted, None)
         # decord turned them clockwise by the rotation; np.rot90 turns counter-clockwise.
         return np.ascontiguousarray(np.rot90(frames, k=self._rotation // 90, axes=(1, 2)))
 
