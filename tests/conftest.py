@@ -156,6 +156,8 @@ def ray_session():
     # Workers unpickle test-defined stages by module name: let them import from tests/.
     here = os.path.dirname(__file__)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
+    # At least two CPUs, so that tests can see workers run side by side on any machine.
+    ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False)
     ensure_ray()
     yield
     ray.shutdown()

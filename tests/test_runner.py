@@ -185,3 +185,33 @@ def test_a_crashing_worker_costs_only_its_item(tmp_path, ray_session):
     assert [(f["item_id"], f["reason"]) for f in fails] == [("v-004", "worker_crashed")]
     rows = _read(store, "toy", result.version)
     assert sorted(rows["video_id"].to_pylist()) == [f"v-{i:03d}" for i in range(9) if i != 4]
+
+
+TIMED_SCHEMA = pa.schema([("video_id", pa.string()), ("start", pa.float64()), ("end", pa.float64())])
+
+
+def _timed_setup(config):
+    import time
+
+    def batch(items):
+        rows = []
+        for item in items:
+            start = time.time()
+            time.sleep(0.4)
+            rows.append({"video_id": item["video_id"], "start": start, "end": time.time()})
+        return rows
+
+    return batch
+
+
+TIMED = Stage(**{**TOY.__dict__, "name": "timed", "schema": TIMED_SCHEMA, "setup": _timed_setup})
+
+
+@pytest.mark.parametrize("max_workers, overlapping", [(1, False), (None, True)])
+def test_max_workers_caps_parallel_workers(tmp_path, ray_session, max_workers, overlapping):
+    store = Store.open(str(tmp_path / "out"))
+    result = run_stage(store, TIMED, ToyConfig(), {"manifest": _manifest(store, 6)},
+                       RunnerConfig(rows_per_shard=1, max_workers=max_workers, progress=False))
+    spans = sorted((r["start"], r["end"]) for r in _read(store, "timed", result.version).to_pylist())
+    overlaps = any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+    assert overlaps is overlapping  # 2 CPUs: uncapped, two shards run at once
