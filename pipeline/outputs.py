@@ -62,7 +62,7 @@ def latest(store: Store, stage: str) -> StageOutput | None:
     manifest = read_manifest(store, stage, version)
     if manifest is None or not manifest.get("complete"):
         return None
-    return StageOutput(stage, version, f"{stage}/{version}")
+    return StageOutput(stage, version)
 
 
 def mark_latest(store: Store, stage: str, version: str) -> None:
@@ -116,4 +116,4 @@ def write_dataset_manifest(store: Store, tables: dict[str, pa.Table], source: di
             },
         )
     mark_latest(store, stage, version)
-    return StageOutput(stage, version, f"{stage}/{version}")
+    return StageOutput(stage, version)

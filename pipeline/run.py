@@ -75,7 +75,7 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, report=print) 
             inputs[needed] = found
         result = run_stage(store, stage, getattr(cfg, name), inputs, cfg.runner)
         report(result.summary())
-        done[name] = StageOutput(name, result.version, f"{name}/{result.version}")
+        done[name] = StageOutput(name, result.version)
         results.append(result)
     return results
 

@@ -41,7 +41,11 @@ class StageOutput:
 
     stage: str
     version: str
-    path: str  # folder holding part-*.parquet
+
+    @property
+    def path(self) -> str:
+        """The folder, relative to the output root, holding the version's Parquet files."""
+        return f"{self.stage}/{self.version}"
 
 
 @dataclass(frozen=True)

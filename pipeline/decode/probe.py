@@ -241,6 +241,8 @@ def _end_offset(row: dict) -> int:
 
 
 def _stream_frames(info: dict, stream: dict, packets: _Packets) -> StreamFrames:
+    if not (~packets.discarded).any():
+        raise VideoError("corrupt", "the video stream has no frames")
     shown = ~packets.discarded
     pts, dts, keyframe = packets.pts[shown], packets.dts[shown], packets.keyframe[shown]
     exact = not np.isnan(pts).any()
@@ -281,16 +283,7 @@ def read_stream_frames(path: str) -> StreamFrames:
     judge truncation: a cut file still has the frames before the cut."""
     _check_file(path)
     probe = _run_ffprobe(path)
-    frames = _stream_frames(probe.info, probe.stream, probe.packets)
-    if len(frames.pts) == 0:
-        raise VideoError("corrupt", "the video stream has no frames")
-    return frames
-
-
-def read_rotation(path: str) -> int:
-    """Clockwise degrees to display the video upright (one ffprobe call)."""
-    _check_file(path)
-    return _rotation(_run_ffprobe(path).stream)
+    return _stream_frames(probe.info, probe.stream, probe.packets)
 
 
 def probe_video(path: str) -> VideoMeta:
@@ -299,8 +292,6 @@ def probe_video(path: str) -> VideoMeta:
     probe = _run_ffprobe(path)
     _check_complete(probe, size)
     frames = _stream_frames(probe.info, probe.stream, probe.packets)
-    if len(frames.pts) == 0:
-        raise VideoError("corrupt", "the video stream has no frames")
     duration = _duration(frames.pts, _last_frame_duration(probe.packets))
     vfr = _is_variable_frame_rate(frames.pts, probe.stream)
     return VideoMeta(

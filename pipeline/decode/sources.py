@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 import numpy as np
 from PIL import Image
 
-from pipeline.decode.probe import UNINDEXED_CONTAINERS, VideoError, read_rotation
+from pipeline.decode.probe import UNINDEXED_CONTAINERS, VideoError
 
 Backend = Literal["decord", "ffmpeg"]
 Size = tuple[int, int]  # (width, height)
@@ -156,11 +156,8 @@ def _inspect_layout(path: str) -> _Layout:
         unsafe = "packets without presentation times; decord seeks to wrong frames"
     elif _has_open_gop(pts, keyframe):
         unsafe = "open GOPs (frames shown before their keyframe); decord seeks to wrong frames"
-    if hasattr(first, "rotation"):
-        # PyAV gives the display matrix angle counter-clockwise, as ffprobe does.
-        rotation = int(round(-first.rotation / 90)) * 90 % 360
-    else:  # PyAV < 13 has no frame rotation
-        rotation = read_rotation(path)
+    # PyAV (>= 13) gives the display matrix angle counter-clockwise, as ffprobe does.
+    rotation = int(round(-first.rotation / 90)) * 90 % 360
     return _Layout(
         width=first.width,
         height=first.height,
