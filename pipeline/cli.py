@@ -1,4 +1,9 @@
-"""`tvr`: the command line over the library (manifest, run, demo, status)."""
+"""`tvr`: the command line over the library (manifest, run, demo, status, verify).
+
+Errors a user can act on (a bad key, an unreadable annotation file, a damaged or busy output, a
+full disk) are printed as one line naming the file or key, with exit status 2 for what the
+command line or config got wrong and 1 for the state of the files; `--debug` shows tracebacks.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +23,10 @@ def _cmd_manifest(args) -> int:
     options = config_lib.apply_overrides({}, args.set)
     dataset = DatasetConfig(format=args.format, annotations=args.annotations, videos=args.videos,
                             options=options)
-    output, manifest = build_and_write_manifest(Store.open(args.out), dataset)
-    print(describe_manifest(output, manifest))
-    print(f"wrote {args.out}/manifest/{output.version}/{{videos,captions,problems}}.parquet")
+    outputs, manifest = build_and_write_manifest(Store.open(args.out), dataset)
+    print(describe_manifest(outputs, manifest))
+    print(f"wrote {args.out}/{{{outputs.videos.path},{outputs.captions.path},{outputs.manifest.path}}}/ "
+          f"(run on it with: tvr run CONFIG --manifest {outputs.manifest.version})")
     return 0
 
 
@@ -28,7 +34,8 @@ def _cmd_run(args) -> int:
     from pipeline import config as config_lib
     from pipeline.run import RunConfig, run_pipeline
 
-    cfg = config_lib.load(RunConfig, args.config, args.set)
+    overrides = [*args.set, *([f"dataset.manifest={args.manifest}"] if args.manifest else [])]
+    cfg = config_lib.load(RunConfig, args.config, overrides)
     run_pipeline(cfg, args.stages)
     return 0
 
@@ -54,13 +61,32 @@ def _cmd_status(args) -> int:
     return 0
 
 
+def _cmd_verify(args) -> int:
+    from pipeline.verify import verify
+
+    if not Path(args.out).exists() and "://" not in args.out:
+        raise ConfigError(f"{args.out} does not exist")
+    report = verify(args.out, stage=args.stage, repair=args.repair)
+    if args.repair and report.repaired:
+        print(report.render())
+        report = verify(args.out, stage=args.stage)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.datasets import FORMATS
 
-    parser = argparse.ArgumentParser(prog="tvr", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tvr", description=__doc__.split("\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    manifest = commands.add_parser(
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], **kwargs)  # --debug after any command
+
+
+    manifest = command(
         "manifest", help="read a dataset's annotations into videos/captions tables",
         description="Formats: " + "; ".join(f"{f.name}: {f.description}" for f in FORMATS.values()),
     )
@@ -72,21 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a format option, e.g. train_list=7k")
     manifest.set_defaults(func=_cmd_manifest)
 
-    run = commands.add_parser("run", help="run stages from a YAML config")
+    run = command("run", help="run stages from a YAML config")
     run.add_argument("config", help="YAML config, e.g. jobs/configs/msrvtt.yaml")
     run.add_argument("--stages", nargs="+", help="only these stages (default: all)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. keyframes.sampling.num_frames=16")
+    run.add_argument("--manifest", metavar="VERSION",
+                     help="run on an existing manifest version in OUT (or 'latest') instead of the annotations")
     run.set_defaults(func=_cmd_run)
 
-    demo = commands.add_parser("demo", help="generate a small dataset and run every stage on it")
+    demo = command("demo", help="generate a small dataset and run every stage on it")
     demo.add_argument("--out", default="tvr-demo", help="output folder (default: tvr-demo)")
     demo.add_argument("--workers", type=int, default=None, help="parallel workers per stage")
     demo.set_defaults(func=_cmd_demo)
 
-    status = commands.add_parser("status", help="versions, shards, rows and failures per stage")
+    status = command("status", help="versions, shards, rows and failures per stage")
     status.add_argument("out")
     status.set_defaults(func=_cmd_status)
+
+    check = command("verify", help="check every committed part against its record; --repair withdraws "
+                                               "bad shards so the next run recomputes only them")
+    check.add_argument("out")
+    check.add_argument("--stage", help="only this stage")
+    check.add_argument("--repair", action="store_true", help="withdraw bad shards, remove stray files, fix LATEST")
+    check.set_defaults(func=_cmd_verify)
     return parser
 
 
@@ -94,12 +129,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from pipeline.datasets import AnnotationError
+    from pipeline.lease import LeaseHeldError, LeaseLostError
+    from pipeline.outputs import DamagedOutputError, InputNotReadyError
+    from pipeline.runner import OutputWriteError
+    from pipeline.storage import StorageError
 
+    usage_errors = (ConfigError, AnnotationError, InputNotReadyError, FileNotFoundError)
+    state_errors = (DamagedOutputError, LeaseHeldError, LeaseLostError, OutputWriteError, StorageError)
     try:
         return args.func(args)
-    except (ConfigError, AnnotationError, FileNotFoundError) as exc:
-        print(f"tvr {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except usage_errors + state_errors as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split())  # one line, whatever the library's message held
+        print(f"tvr {args.command}: error: {message}", file=sys.stderr)
+        return 2 if isinstance(exc, usage_errors) else 1
 
 
 if __name__ == "__main__":

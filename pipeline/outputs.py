@@ -1,7 +1,11 @@
 """The output layout and its promises (DESIGN.md, "Output layout").
 
-    OUT/<stage>/<version>/part-00000.parquet ...   rows, one file per input shard
-    OUT/<stage>/<version>/_manifest.json           identity, shard plan, committed shards
+    OUT/<stage>/<version>/part-00000.parquet ...   rows, one file per input shard, committed only
+    OUT/<stage>/<version>/_manifest.json           identity and shard plan; `complete` when done
+    OUT/<stage>/<version>/_plan.parquet            item id -> shard, for `tvr verify`
+    OUT/<stage>/<version>/_commits/part-00000.json the commit record of each shard
+    OUT/<stage>/<version>/_staging/...             parts being written (readers skip `_` paths)
+    OUT/<stage>/<version>/_lease.json              the driver writing this version, if any
     OUT/<stage>/LATEST                             the newest complete version
     OUT/failures/<stage>/<version>/part-00000.parquet ...
 
@@ -16,15 +20,25 @@ import hashlib
 import json
 from typing import Any
 
-import pyarrow as pa
-
 from pipeline import __version__
 from pipeline.schema import SCHEMA_VERSION
 from pipeline.stage import StageOutput
 from pipeline.storage import Store
 
 MANIFEST_FILE = "_manifest.json"
+PLAN_FILE = "_plan.parquet"
+COMMITS_DIR = "_commits"
+STAGING_DIR = "_staging"
+LEASE_FILE = "_lease.json"
 LATEST_FILE = "LATEST"
+
+
+class DamagedOutputError(RuntimeError):
+    """A file of a committed output is missing, truncated or unreadable; the message names it."""
+
+
+class InputNotReadyError(RuntimeError):
+    """A stage's input version, as the config determines it, is not complete in OUT."""
 
 
 def content_hash(data: Any, length: int = 12) -> str:
@@ -45,13 +59,31 @@ def now() -> str:
 
 
 def read_manifest(store: Store, stage: str, version: str) -> dict[str, Any] | None:
+    """The version's record, None when there is none; a damaged one is an error naming the file."""
     if not store.exists(stage, version, MANIFEST_FILE):
         return None
-    return store.read_json(stage, version, MANIFEST_FILE)
+    path = store.path(stage, version, MANIFEST_FILE)
+    try:
+        manifest = json.loads(store.read_bytes(stage, version, MANIFEST_FILE).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DamagedOutputError(
+            f"{path} is damaged ({exc}); `tvr verify {store.root} --stage {stage} --repair` rebuilds it"
+        ) from exc
+    if not isinstance(manifest, dict) or manifest.get("version") != version:
+        raise DamagedOutputError(
+            f"{path} is not the record of version {version}; "
+            f"`tvr verify {store.root} --stage {stage} --repair` rebuilds it"
+        )
+    return manifest
 
 
 def write_manifest(store: Store, manifest: dict[str, Any]) -> None:
     store.write_json(manifest, manifest["stage"], manifest["version"], MANIFEST_FILE)
+
+
+def is_complete(store: Store, stage: str, version: str) -> bool:
+    manifest = read_manifest(store, stage, version)
+    return bool(manifest and manifest.get("complete"))
 
 
 def latest(store: Store, stage: str) -> StageOutput | None:
@@ -59,13 +91,23 @@ def latest(store: Store, stage: str) -> StageOutput | None:
     if not store.exists(stage, LATEST_FILE):
         return None
     version = store.read_text(stage, LATEST_FILE).strip()
-    manifest = read_manifest(store, stage, version)
-    if manifest is None or not manifest.get("complete"):
+    if not is_complete(store, stage, version):
         return None
     return StageOutput(stage, version)
 
 
 def mark_latest(store: Store, stage: str, version: str) -> None:
+    """Point LATEST at `version` if it finished later than what LATEST points at now.
+
+    LATEST means the newest complete version: rerunning an old config (up to date, nothing
+    computed) leaves it alone.
+    """
+    current = latest(store, stage)
+    if current is not None and current.version != version:
+        theirs = read_manifest(store, stage, current.version) or {}
+        ours = read_manifest(store, stage, version) or {}
+        if theirs.get("finished", "") > ours.get("finished", ""):
+            return
     store.write_text(version + "\n", stage, LATEST_FILE)
 
 
@@ -79,41 +121,3 @@ def provenance_metadata(identity: dict[str, Any], extra: dict[str, str]) -> dict
     }
     meta.update({f"tvr.{key}": value for key, value in extra.items()})
     return meta
-
-
-# ---- the dataset manifest: a version whose hash is the content itself ------------------------
-
-MANIFEST_TABLES = ("videos", "captions", "problems")
-
-
-def write_dataset_manifest(store: Store, tables: dict[str, pa.Table], source: dict[str, Any]) -> StageOutput:
-    """Write the videos/captions/problems tables; the version is a hash of their rows."""
-    digest = hashlib.sha256()
-    for name in MANIFEST_TABLES:
-        digest.update(name.encode())
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, tables[name].schema) as writer:
-            writer.write_table(tables[name])
-        digest.update(sink.getvalue().to_pybytes())
-    version = digest.hexdigest()[:12]
-    stage = "manifest"
-    existing = read_manifest(store, stage, version)
-    if existing is None or not existing.get("complete"):
-        identity = {"stage": stage, "schema_version": SCHEMA_VERSION, "content_sha256": digest.hexdigest()}
-        metadata = provenance_metadata({**identity, "version": version}, {})
-        for name in MANIFEST_TABLES:
-            store.write_parquet(tables[name], stage, version, f"{name}.parquet", metadata=metadata)
-        write_manifest(
-            store,
-            {
-                "stage": stage,
-                "version": version,
-                "identity": identity,
-                "source": source,
-                "created": now(),
-                "rows": {name: tables[name].num_rows for name in MANIFEST_TABLES},
-                "complete": True,
-            },
-        )
-    mark_latest(store, stage, version)
-    return StageOutput(stage, version)

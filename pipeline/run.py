@@ -1,4 +1,10 @@
-"""A whole run: the dataset manifest, then each selected stage in order, all under one OUT folder."""
+"""A whole run: the dataset manifest, then each selected stage in order, all under one OUT folder.
+
+Every stage's version follows from the config: the manifest's videos and captions versions, then
+each stage's identity over its inputs' versions. A stage not selected with `--stages` is not
+run, but its version is still computed, and a selected stage reads exactly that version (never
+whatever LATEST points at, which may come from another config).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import config as config_lib
-from pipeline import outputs
-from pipeline.runner import RunnerConfig, StageResult, run_stage
+from pipeline.manifest import ManifestOutputs, read_dataset_manifest, relative_paths, write_dataset_manifest
+from pipeline.runner import RunnerConfig, StageResult, run_stage, stage_version
 from pipeline.stage import StageOutput
 from pipeline.stages import STAGES
 from pipeline.stages.keyframes import KeyframesConfig
@@ -22,6 +28,9 @@ class DatasetConfig:
     annotations: str = ""  # the folder of released annotation files, or the single file
     videos: str = ""  # the root under which video files are found by id
     options: dict[str, Any] = field(default_factory=dict)  # the format's own options
+    # An existing manifest version in OUT (or "latest") to run on instead of reading annotations;
+    # `videos` then only says where the videos are now, if they moved.
+    manifest: str = ""
 
 
 @dataclass
@@ -33,8 +42,8 @@ class RunConfig:
     keyframes: KeyframesConfig = field(default_factory=KeyframesConfig)
 
 
-def build_and_write_manifest(store: Store, dataset: DatasetConfig) -> tuple[StageOutput, Any]:
-    """Read the annotations, find the videos, write the manifest version; returns it and the tables."""
+def build_and_write_manifest(store: Store, dataset: DatasetConfig) -> tuple[ManifestOutputs, Any]:
+    """Read the annotations, find the videos, write the manifest versions; returns them and the tables."""
     from pipeline.datasets import FORMATS, build_manifest
 
     if dataset.format not in FORMATS:
@@ -42,13 +51,15 @@ def build_and_write_manifest(store: Store, dataset: DatasetConfig) -> tuple[Stag
             f"config value dataset.format={dataset.format!r} is not one of: {', '.join(FORMATS)}"
         )
     if not dataset.annotations or not dataset.videos:
-        raise config_lib.ConfigError("dataset.annotations and dataset.videos must both be set")
+        raise config_lib.ConfigError("dataset.annotations and dataset.videos must both be set "
+                                     "(or dataset.manifest, to run on an existing manifest)")
     options = config_lib.build(FORMATS[dataset.format].options, dataset.options, "dataset.options")
     manifest = build_manifest(dataset.format, Path(dataset.annotations), Path(dataset.videos), options)
-    tables = {"videos": manifest.videos, "captions": manifest.captions, "problems": manifest.problems}
     source = {"format": dataset.format, "annotations": str(Path(dataset.annotations).resolve()),
               "videos": str(Path(dataset.videos).resolve()), "options": config_lib.to_dict(options)}
-    return outputs.write_dataset_manifest(store, tables, source), manifest
+    outputs = write_dataset_manifest(store, relative_paths(manifest.videos, dataset.videos), manifest.captions,
+                                     manifest.problems, dataset.videos, source)
+    return outputs, manifest
 
 
 def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, report=print) -> list[StageResult]:
@@ -57,36 +68,35 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, report=print) 
     if unknown:
         raise config_lib.ConfigError(f"unknown stage {unknown[0]!r}; stages are: {', '.join(STAGES)}")
     store = Store.open(cfg.out)
-    manifest_output, manifest = build_and_write_manifest(store, cfg.dataset)
-    report(describe_manifest(manifest_output, manifest))
-    done: dict[str, StageOutput] = {"manifest": manifest_output}
+    if cfg.dataset.manifest:
+        manifest_outputs = read_dataset_manifest(store, cfg.dataset.manifest, cfg.dataset.videos or None)
+        report(f"manifest {manifest_outputs.manifest.version}: existing (videos {manifest_outputs.videos.version}, "
+               f"captions {manifest_outputs.captions.version}), videos under {manifest_outputs.videos.root}")
+    else:
+        manifest_outputs, manifest = build_and_write_manifest(store, cfg.dataset)
+        report(describe_manifest(manifest_outputs, manifest))
+    done: dict[str, StageOutput] = manifest_outputs.as_inputs()
     results = []
     for name, stage in STAGES.items():
+        inputs = {needed: done[needed] for needed in stage.inputs}
+        stage_config = getattr(cfg, name)
         if stages and name not in stages:
+            done[name] = StageOutput(name, stage_version(stage, stage_config, inputs))
             continue
-        inputs = {}
-        for needed in stage.inputs:
-            found = done.get(needed) or outputs.latest(store, needed)
-            if found is None:
-                raise RuntimeError(
-                    f"stage {name} reads {needed}, which has no complete version in {cfg.out}; "
-                    f"run it first or add it to --stages"
-                )
-            inputs[needed] = found
-        result = run_stage(store, stage, getattr(cfg, name), inputs, cfg.runner)
+        result = run_stage(store, stage, stage_config, inputs, cfg.runner)
         report(result.summary())
         done[name] = StageOutput(name, result.version)
         results.append(result)
     return results
 
 
-def describe_manifest(output: StageOutput, manifest, shown: int = 20) -> str:
+def describe_manifest(outputs: ManifestOutputs, manifest, shown: int = 20) -> str:
     problems = manifest.problems
-    lines = [f"manifest {output.version}: {manifest.videos.num_rows} videos, "
-             f"{manifest.captions.num_rows} captions, {problems.num_rows} problems"]
+    lines = [f"manifest {outputs.manifest.version}: {manifest.videos.num_rows} videos "
+             f"(version {outputs.videos.version}), {manifest.captions.num_rows} captions "
+             f"(version {outputs.captions.version}), {problems.num_rows} problems"]
     for row in problems.slice(0, shown).to_pylist():
         lines.append(f"  {row['problem']}: {row['id']}: {row['detail']}")
     if problems.num_rows > shown:
-        lines.append(f"  ... and {problems.num_rows - shown} more in "
-                     f"{output.path}/problems.parquet")
+        lines.append(f"  ... and {problems.num_rows - shown} more in {outputs.manifest.path}/")
     return "\n".join(lines)

@@ -2,56 +2,68 @@
 
 How a stage runs:
 1. Its version is the hash of everything that decides its rows (`stage_identity`). A complete
-   version is never recomputed; a new identity is a new folder and the old one stays.
-2. Its items (sorted by id) are cut into fixed shards of `rows_per_shard`; the plan is recorded
-   in `_manifest.json` on the first attempt and reused by every resume.
-3. Ray Data runs one task (or actor call) per pending shard. The worker processes the shard's
-   items in batches, writes rows and failures under temporary names and renames them to
-   `part-NNNNN.parquet`. The driver then records the shard in the manifest: that record is the
-   commit. A shard written but not recorded (driver killed in between) is simply recomputed and
-   its files replaced, so every item ends up exactly once in rows or failures.
+   version is never recomputed (its parts are checked cheaply first); a new identity is a new
+   folder and the old one stays.
+2. The driver takes the version's lease (`pipeline.lease`): one writer per version.
+3. Its items (sorted by id) are cut into fixed shards of `rows_per_shard`; the plan is recorded
+   in `_manifest.json` and `_plan.parquet` on the first attempt and reused by every resume.
+4. Ray Data runs one task (or actor call) per pending shard. The worker processes the shard's
+   items in batches and stages rows and failures (`pipeline.commit`); the driver commits each
+   shard with a small record. A shard staged but not committed (driver killed in between) is
+   simply recomputed, so every item ends up exactly once in rows or failures.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 from tqdm.auto import tqdm
 
 from pipeline import config as config_lib
+from pipeline.commit import check_committed, commit_shard, read_commits, recover, stage_shard, write_plan
+from pipeline.lease import Lease
 from pipeline.outputs import (
+    STAGING_DIR,
+    InputNotReadyError,
     content_hash,
-    failures_dir,
     mark_latest,
     now,
     provenance_metadata,
     read_manifest,
-    shard_name,
     write_manifest,
 )
 from pipeline.schema import FAILURES, SCHEMA_VERSION
 from pipeline.stage import BatchFn, Failure, InputReader, Stage, StageOutput
-from pipeline.storage import Store
+from pipeline.storage import StorageError, Store
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunnerConfig:
-    rows_per_shard: int = 32
+    rows_per_shard: int = field(default=32, metadata=config_lib.bounds(min=1))
     # Parallel workers per stage; None lets Ray use every CPU (or GPU) the cluster offers.
-    max_workers: int | None = None
+    max_workers: int | None = field(default=None, metadata=config_lib.bounds(min=1))
     # Task workers (decoders) are replaced after about this many items: decord and PyAV leak.
-    recycle_after_items: int = 512
+    recycle_after_items: int = field(default=512, metadata=config_lib.bounds(min=1))
     # Ray cluster to join; None means RAY_ADDRESS if set, else a local Ray instance.
     address: str | None = None
     progress: bool = True
+    # A driver's lease on the version it writes expires this long after its last heartbeat.
+    lease_seconds: float = field(default=60.0, metadata=config_lib.bounds(min=1))
+    # How long a second driver on the same version waits for the lease before it stops.
+    lease_wait_seconds: float = field(default=0.0, metadata=config_lib.bounds(min=0))
+
+
+class OutputWriteError(RuntimeError):
+    """A write to the output failed mid-run; the message names the path and what is committed."""
 
 
 @dataclass
@@ -112,62 +124,105 @@ def stage_identity(stage: Stage, config: Any, inputs: dict[str, StageOutput]) ->
     }
 
 
+def stage_version(stage: Stage, config: Any, inputs: dict[str, StageOutput]) -> str:
+    return content_hash(stage_identity(stage, config, inputs))
+
+
 def run_stage(
     store: Store, stage: Stage, config: Any, inputs: dict[str, StageOutput], runner: RunnerConfig
 ) -> StageResult:
     identity = stage_identity(stage, config, inputs)
     version = content_hash(identity)
+    output = StageOutput(stage.name, version)
     manifest = read_manifest(store, stage.name, version)
     if manifest is not None and manifest.get("complete"):
-        mark_latest(store, stage.name, version)
-        return _result(manifest, computed_items=0, seconds=0.0, up_to_date=True)
+        return _up_to_date(store, output, manifest)
+    for name in stage.inputs:
+        _check_input(store, stage, inputs[name])
 
-    readers = {name: InputReader(store, inputs[name]) for name in stage.inputs}
-    items = stage.items(config, readers).sort_by(stage.key)
-    _check_unique(items, stage)
-    if manifest is None:
-        manifest = _plan(stage, version, identity, items.num_rows, runner.rows_per_shard)
+    with Lease(store, stage.name, version, runner.lease_seconds, runner.lease_wait_seconds) as lease:
+        manifest = read_manifest(store, stage.name, version)  # another driver may have finished it
+        if manifest is not None and manifest.get("complete"):
+            return _up_to_date(store, output, manifest)
+        readers = {name: InputReader(store, inputs[name]) for name in stage.inputs}
+        items = stage.items(config, readers).sort_by(stage.key)
+        _check_unique(items, stage)
+        if manifest is None:
+            manifest = _plan(stage, version, identity, items.num_rows, runner.rows_per_shard)
+            write_plan(store, stage.name, version, items.column(stage.key).combine_chunks(),
+                       manifest["rows_per_shard"], manifest)
+            write_manifest(store, manifest)
+        elif manifest["num_items"] != items.num_rows:
+            raise RuntimeError(
+                f"{stage.name} {version}: the recorded plan has {manifest['num_items']} items but the "
+                f"inputs now give {items.num_rows}; the upstream output changed under the same version"
+            )
+        recover(store, stage.name, version)
+        committed = read_commits(store, stage.name, version)
+        size = manifest["rows_per_shard"]
+        pending = [s for s in range(manifest["num_shards"]) if s not in committed]
+        if committed:
+            log.warning("%s %s: resuming, %d of %d shards already committed", stage.name, version,
+                        len(committed), manifest["num_shards"])
+        job = _ShardJob(stage, config, store, version,
+                        provenance_metadata({**identity, "version": version}, stage.provenance(config)))
+        shards = [(s, items.slice(s * size, size)) for s in pending]
+        ensure_ray(runner.address)  # before the clock starts: Ray's start-up is per run, not per item
+        started = time.perf_counter()
+        computed = 0
+        with tqdm(total=sum(t.num_rows for _, t in shards), unit="item", desc=stage.name,
+                  disable=not runner.progress) as bar:
+            for summary in _execute(job, shards, runner):
+                if summary["write_error"]:
+                    raise _stopped(store, output, manifest, committed, summary["write_error"])
+                lease.ensure_held()
+                try:
+                    record = commit_shard(store, stage.name, version, summary["shard"],
+                                          json.loads(summary["files"]), summary["seconds"])
+                except StorageError as exc:
+                    raise _stopped(store, output, manifest, committed, str(exc)) from exc
+                committed[summary["shard"]] = record
+                computed += record["items"]
+                bar.update(record["items"])
+                bar.set_postfix(failures=sum(r["failures"] for r in committed.values()))
+        seconds = time.perf_counter() - started
+
+        lease.ensure_held()
+        store.delete(stage.name, version, STAGING_DIR)  # empty attempt folders of committed shards
+        manifest["complete"] = True
+        manifest["finished"] = now()
+        manifest["rows"] = sum(r["rows"] for r in committed.values())
+        manifest["failures"] = sum(r["failures"] for r in committed.values())
         write_manifest(store, manifest)
-    elif manifest["num_items"] != items.num_rows:
-        raise RuntimeError(
-            f"{stage.name} {version}: the recorded plan has {manifest['num_items']} items but the "
-            f"inputs now give {items.num_rows}; the upstream output changed under the same version"
-        )
-    store.remove_temporaries(stage.name, version)
-    store.remove_temporaries(failures_dir(stage.name, version))
-
-    size = manifest["rows_per_shard"]
-    pending = [s for s in range(manifest["num_shards"]) if shard_name(s) not in manifest["shards"]]
-    if len(pending) < manifest["num_shards"]:
-        log.warning("%s %s: resuming, %d of %d shards already committed", stage.name, version,
-                    manifest["num_shards"] - len(pending), manifest["num_shards"])
-    job = _ShardJob(stage, config, store, version,
-                    provenance_metadata({**identity, "version": version}, stage.provenance(config)))
-    shards = [(s, items.slice(s * size, size)) for s in pending]
-    ensure_ray(runner.address)  # before the clock starts: Ray's start-up is per run, not per item
-    started = time.perf_counter()
-    computed = 0
-    with tqdm(total=sum(t.num_rows for _, t in shards), unit="item", desc=stage.name,
-              disable=not runner.progress) as bar:
-        for summary in _execute(job, shards, runner):
-            manifest["shards"][shard_name(summary["shard"])] = {
-                "items": summary["items"],
-                "rows": summary["rows"],
-                "failures": summary["failures"],
-                "seconds": round(summary["seconds"], 3),
-                "committed": now(),
-            }
-            write_manifest(store, manifest)  # the commit point of this shard
-            computed += summary["items"]
-            bar.update(summary["items"])
-            bar.set_postfix(failures=sum(s["failures"] for s in manifest["shards"].values()))
-    seconds = time.perf_counter() - started
-
-    manifest["complete"] = True
-    manifest["finished"] = now()
-    write_manifest(store, manifest)
     mark_latest(store, stage.name, version)
     return _result(manifest, computed_items=computed, seconds=seconds, up_to_date=False)
+
+
+def _up_to_date(store: Store, output: StageOutput, manifest: dict) -> StageResult:
+    check_committed(store, output, manifest)  # a deleted or truncated part is not "up to date"
+    if not store.exists(output.stage, "LATEST"):
+        mark_latest(store, output.stage, output.version)
+    return _result(manifest, computed_items=0, seconds=0.0, up_to_date=True)
+
+
+def _check_input(store: Store, stage: Stage, output: StageOutput) -> None:
+    manifest = read_manifest(store, output.stage, output.version)
+    if manifest is None or not manifest.get("complete"):
+        state = "has no folder" if manifest is None else "is not complete"
+        raise InputNotReadyError(
+            f"stage {stage.name} reads {output.stage} {output.version} (the version this config gives), "
+            f"which {state} in {store.root}; run {output.stage} first or add it to --stages")
+    check_committed(store, output, manifest)
+
+
+def _stopped(store: Store, output: StageOutput, manifest: dict, committed: dict, error: str) -> OutputWriteError:
+    try:  # staged parts of uncommitted shards only take space now; a rerun recomputes them anyway
+        store.delete(output.stage, output.version, STAGING_DIR)
+    except StorageError:
+        pass
+    return OutputWriteError(
+        f"{error}; stopped {output.stage} {output.version} with {len(committed)} of {manifest['num_shards']} "
+        f"shards committed (they are kept: fix the storage and rerun to finish)")
 
 
 def _plan(stage: Stage, version: str, identity: dict, num_items: int, rows_per_shard: int) -> dict:
@@ -177,24 +232,23 @@ def _plan(stage: Stage, version: str, identity: dict, num_items: int, rows_per_s
         "stage": stage.name,
         "version": version,
         "identity": identity,
+        "key": stage.key,
         "created": now(),
         "num_items": num_items,
         "rows_per_shard": rows_per_shard,
         # An empty input still gets one (empty) shard, so readers always find the schema.
         "num_shards": max(1, math.ceil(num_items / rows_per_shard)),
-        "shards": {},
         "complete": False,
     }
 
 
 def _result(manifest: dict, computed_items: int, seconds: float, up_to_date: bool) -> StageResult:
-    shards = manifest["shards"].values()
     return StageResult(
         stage=manifest["stage"],
         version=manifest["version"],
         items=manifest["num_items"],
-        rows=sum(s["rows"] for s in shards),
-        failures=sum(s["failures"] for s in shards),
+        rows=manifest.get("rows", 0),
+        failures=manifest.get("failures", 0),
         computed_items=computed_items,
         seconds=seconds,
         up_to_date=up_to_date,
@@ -223,7 +277,7 @@ class _ShardJob:
     metadata: dict[str, str]
 
     def run(self, batch: pa.Table, batch_fn: BatchFn) -> dict[str, list]:
-        out: dict[str, list] = {"shard": [], "items": [], "rows": [], "failures": [], "seconds": []}
+        out: dict[str, list] = {key: [] for key in ("shard", "files", "seconds", "write_error")}
         for shard, payload in zip(batch["shard"].to_pylist(), batch["items"].to_pylist()):
             started = time.perf_counter()
             items = _from_ipc(payload).to_pylist()
@@ -234,13 +288,18 @@ class _ShardJob:
         return out
 
     def write(self, shard: int, rows: list[dict], failures: list[dict], seconds: float) -> dict:
-        name = shard_name(shard)
-        self.store.write_parquet(pa.Table.from_pylist(failures, schema=FAILURES),
-                                 failures_dir(self.stage.name, self.version), name, metadata=self.metadata)
-        self.store.write_parquet(pa.Table.from_pylist(rows, schema=self.stage.schema),
-                                 self.stage.name, self.version, name, metadata=self.metadata)
-        return {"shard": shard, "items": len(rows) + len(failures), "rows": len(rows),
-                "failures": len(failures), "seconds": seconds}
+        """Stage the shard's parts; a storage error is reported to the driver, not raised.
+
+        Raising would look like a crashed worker to Ray Data, which retries the shard and then
+        isolates it item by item: hours of decoding repeated against a full disk.
+        """
+        try:
+            files = stage_shard(self.store, self.stage.name, self.version, shard,
+                                pa.Table.from_pylist(rows, schema=self.stage.schema),
+                                pa.Table.from_pylist(failures, schema=FAILURES), self.metadata)
+        except StorageError as exc:
+            return {"shard": shard, "files": "[]", "seconds": seconds, "write_error": str(exc)}
+        return {"shard": shard, "files": json.dumps(files), "seconds": seconds, "write_error": None}
 
 
 def process_items(stage: Stage, batch_fn: BatchFn, items: list[dict]) -> tuple[list[dict], list[dict]]:

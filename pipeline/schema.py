@@ -6,7 +6,7 @@ so a schema change never mixes old and new rows under one version.
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: video paths relative to the video root
 
 # ---- manifest: what `tvr manifest` writes --------------------------------------------------
 # `extra` holds the dataset-specific fields (MSR-VTT category, ActivityNet timestamps,
@@ -14,7 +14,9 @@ SCHEMA_VERSION = 1
 VIDEOS = pa.schema(
     [
         pa.field("video_id", pa.string(), nullable=False),
-        pa.field("path", pa.string()),  # null when no file was found (see manifest problems)
+        # Relative to the video root (recorded in the version's _manifest.json, not hashed), posix
+        # separators; null when no file was found (see the manifest's problems).
+        pa.field("path", pa.string()),
         pa.field("split", pa.string(), nullable=False),
         pa.field("extra", pa.string()),
     ]
@@ -45,7 +47,7 @@ MANIFEST_PROBLEMS = pa.schema(
 PROBE = pa.schema(
     [
         pa.field("video_id", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),  # relative to the video root, as in videos
         pa.field("size_bytes", pa.int64(), nullable=False),
         pa.field("container", pa.string()),
         pa.field("codec", pa.string()),

@@ -41,6 +41,9 @@ class StageOutput:
 
     stage: str
     version: str
+    # For the manifest's `videos`: the folder the stored relative paths are relative to. Not part
+    # of any version, so a dataset moved elsewhere keeps its versions.
+    root: str | None = field(default=None, compare=False)
 
     @property
     def path(self) -> str:
@@ -72,29 +75,39 @@ class Stage:
 
 
 class InputReader:
-    """Reads a committed upstream output: named tables (manifest) or part files (stages)."""
+    """Reads the committed parts of an upstream version, and nothing else that may lie beside them."""
 
     def __init__(self, store, output: StageOutput):
         self.store = store
         self.output = output
 
-    def table(self, name: str = "", columns: list[str] | None = None) -> pa.Table:
-        """`name` picks a named table of the manifest ("videos"); stages have one table."""
-        import pyarrow.dataset as ds
-
-        relative = self.output.path
-        if name:
-            return self.store.read_parquet(relative, f"{name}.parquet", columns=columns)
-        dataset = ds.dataset(self.store.path(relative), filesystem=self.store.fs, format="parquet")
-        return dataset.to_table(columns=columns)
+    def table(self, columns: list[str] | None = None) -> pa.Table:
+        return self._read(failures=False, columns=columns)
 
     def failures(self, columns: list[str] | None = None) -> pa.Table:
+        return self._read(failures=True, columns=columns)
+
+    def video_table(self, columns: list[str] | None = None) -> pa.Table:
+        """The manifest's videos with `path` made absolute under the video root of this run."""
+        table = self.table(columns)
+        if "path" not in table.column_names:
+            return table
+        if self.output.root is None:
+            raise ValueError(f"{self.output.path} is read without a video root")
+        root = self.output.root.rstrip("/")
+        paths = [None if p is None else f"{root}/{p}" for p in table.column("path").to_pylist()]
+        return table.set_column(table.column_names.index("path"), "path", pa.array(paths, pa.string()))
+
+    def _read(self, failures: bool, columns: list[str] | None) -> pa.Table:
         import pyarrow.dataset as ds
 
+        from pipeline.commit import committed_paths, read_commits
         from pipeline.schema import FAILURES
 
-        relative = f"failures/{self.output.stage}/{self.output.version}"
-        if not self.store.exists(relative):
-            return FAILURES.empty_table().select(columns or FAILURES.names)
-        dataset = ds.dataset(self.store.path(relative), filesystem=self.store.fs, format="parquet")
-        return dataset.to_table(columns=columns)
+        records = read_commits(self.store, self.output.stage, self.output.version)
+        paths = [self.store.path(p) for p in committed_paths(records, failures=failures)]
+        if not paths:
+            if failures:
+                return FAILURES.empty_table().select(columns or FAILURES.names)
+            raise ValueError(f"{self.output.path} has no committed parts")
+        return ds.dataset(paths, filesystem=self.store.fs, format="parquet").to_table(columns=columns)

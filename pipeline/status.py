@@ -1,12 +1,21 @@
-"""`tvr status OUT`: each stage's versions, shards, rows and failures, read from the files themselves."""
+"""`tvr status OUT`: each stage's versions, shards, rows and failures, read from the files themselves.
+
+Rows are counted from the Parquet footers of committed parts; a part that is missing or damaged
+is counted as such (run `tvr verify`) rather than crashing the listing. Where a stage has several
+versions, the config values that tell them apart are shown (strategy, model, prompt, ...).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import outputs
+from pipeline.commit import read_commits
 from pipeline.storage import Store
 
 
@@ -21,53 +30,89 @@ class VersionStatus:
     items: int
     rows: int  # counted from the Parquet footers of committed shards
     failures: int
-    uncommitted_files: int  # part files on disk that no manifest records (a killed run)
     created: str
+    damaged: list[str] = field(default_factory=list)  # what is wrong with the record or its parts
+    distinct: str = ""  # the config values that set this version apart from its siblings
+    identity: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def _count_rows(store: Store, folder: str, names: list[str]) -> int:
-    return sum(pq.ParquetFile(store.path(folder, n), filesystem=store.fs).metadata.num_rows
-               for n in names if store.exists(folder, n))
+def _count_rows(store: Store, path: str) -> int | None:
+    try:
+        return pq.read_metadata(store.path(path), filesystem=store.fs).num_rows
+    except (OSError, pa.ArrowException):
+        return None
+
+
+def _version_status(store: Store, stage: str, version: str, latest: str | None) -> VersionStatus | None:
+    try:
+        manifest = outputs.read_manifest(store, stage, version)
+    except outputs.DamagedOutputError:
+        return VersionStatus(stage, version, version == latest, False, 0, 0, 0, 0, 0, "?",
+                             damaged=["damaged _manifest.json"])
+    if manifest is None:
+        return None
+    status = VersionStatus(stage, version, version == latest, bool(manifest.get("complete")), 0,
+                           manifest["num_shards"], manifest["num_items"], 0, 0, manifest.get("created", "?"),
+                           identity=manifest.get("identity", {}))
+    try:
+        records = read_commits(store, stage, version)
+    except outputs.DamagedOutputError:
+        status.damaged.append("damaged commit record")
+        return status
+    status.shards_committed = len(records)
+    for record in records.values():
+        for index, file in enumerate(record["files"]):
+            rows = _count_rows(store, file["final"]) if store.size(file["final"]) == file["bytes"] else None
+            if rows is None:
+                status.damaged.append(f"shard {record['shard']}")
+                break
+            if index == 0:
+                status.rows += rows
+            else:
+                status.failures += rows
+    return status
 
 
 def collect(out: str) -> list[VersionStatus]:
     from pipeline.stages import STAGES
 
     store = Store.open(out)
-    order = ["manifest", *STAGES]
-    stages = [s for s in store.list_dirs() if s != "failures"]
+    order = ["manifest", "videos", "captions", *STAGES]
+    stages = [s for s in store.list_dirs() if s != "failures" and not s.startswith(("_", "."))]
     found = []
     for stage in sorted(stages, key=lambda s: (order.index(s) if s in order else len(order), s)):
-        latest = None
-        if store.exists(stage, outputs.LATEST_FILE):
-            latest = store.read_text(stage, outputs.LATEST_FILE).strip()
-        for version in store.list_dirs(stage):
-            manifest = outputs.read_manifest(store, stage, version)
-            if manifest is None:
-                continue
-            folder = f"{stage}/{version}"
-            if stage == "manifest":
-                rows = manifest["rows"]
-                found.append(VersionStatus(stage, version, version == latest, manifest["complete"], 1, 1,
-                                           rows["videos"], rows["captions"], rows["problems"], 0,
-                                           manifest["created"]))
-                continue
-            committed = sorted(manifest["shards"])
-            on_disk = store.list_files(folder, suffix=".parquet")
-            found.append(VersionStatus(
-                stage=stage,
-                version=version,
-                latest=version == latest,
-                complete=bool(manifest["complete"]),
-                shards_committed=len(committed),
-                shards_planned=manifest["num_shards"],
-                items=manifest["num_items"],
-                rows=_count_rows(store, folder, committed),
-                failures=_count_rows(store, outputs.failures_dir(stage, version), committed),
-                uncommitted_files=len(set(on_disk) - set(committed)),
-                created=manifest["created"],
-            ))
+        latest = store.read_text(stage, outputs.LATEST_FILE).strip() if store.exists(stage, outputs.LATEST_FILE) \
+            else None
+        versions = [_version_status(store, stage, v, latest) for v in store.list_dirs(stage)
+                    if not v.startswith(("_", "."))]
+        versions = [v for v in versions if v is not None]
+        _describe_differences(versions)
+        found.extend(versions)
     return found
+
+
+def _describe_differences(versions: list[VersionStatus]) -> None:
+    """Each version's config values and inputs that differ from its siblings', as `key=value`."""
+    if len(versions) < 2:
+        return
+    flat = [_flatten({"config": v.identity.get("config", {}), "inputs": v.identity.get("inputs", {}),
+                      **{k: val for k, val in v.identity.items()
+                         if k not in ("config", "inputs", "stage", "schema_version", "content_sha256")}})
+            for v in versions]
+    keys = sorted({k for f in flat for k in f})
+    differing = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+    for version, values in zip(versions, flat):
+        shown = [f"{k.removeprefix('config.')}={values.get(k)}" for k in differing]
+        version.distinct = ", ".join(shown)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        flat = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): data}
 
 
 _ROW = "{:<12} {:<13} {:<11} {:>9} {:>7} {:>7} {:>8}  {}"
@@ -79,12 +124,12 @@ def render(statuses: list[VersionStatus]) -> str:
     lines = [_ROW.format("stage", "version", "state", "shards", "items", "rows", "failures", "created")]
     for s in statuses:
         state = ("complete" if s.complete else "partial") + (" *" if s.latest else "")
-        shards = "" if s.stage == "manifest" else f"{s.shards_committed}/{s.shards_planned}"
-        line = _ROW.format(s.stage, s.version, state, shards, s.items, s.rows, s.failures, s.created)
-        if s.stage == "manifest":
-            line += "   (videos, captions, problems)"
-        elif s.uncommitted_files:
-            line += f"   ({s.uncommitted_files} uncommitted part files: rerun to finish)"
+        line = _ROW.format(s.stage, s.version, state, f"{s.shards_committed}/{s.shards_planned}", s.items, s.rows,
+                           s.failures, s.created)
+        if s.distinct:
+            line += f"   {s.distinct}"
+        if s.damaged:
+            line += f"   DAMAGED: {', '.join(s.damaged[:3])} (run `tvr verify`)"
         lines.append(line)
     lines.append("* = LATEST")
     return "\n".join(lines)

@@ -64,7 +64,7 @@ def test_status_is_accurate(demo_out):
     code, printed = _tvr("status", str(demo_out))
     assert code == 0
     statuses = {s.stage: s for s in collect(str(demo_out))}
-    assert set(statuses) == {"manifest", "probe", "keyframes"}
+    assert set(statuses) == {"manifest", "videos", "captions", "probe", "keyframes"}
     for stage in ("probe", "keyframes"):
         s = statuses[stage]
         rows = ds.dataset(demo_out / stage / s.version, format="parquet").count_rows()
@@ -72,7 +72,15 @@ def test_status_is_accurate(demo_out):
         assert (s.rows, s.failures, s.items) == (rows, fails, rows + fails)
         assert s.complete and s.latest and s.shards_committed == s.shards_planned == 5
         assert f"{stage:<12} {s.version}" in printed
-    assert (statuses["manifest"].items, statuses["manifest"].rows) == (10, 10)
+    assert (statuses["videos"].items, statuses["videos"].rows) == (10, 10)
+    assert (statuses["captions"].items, statuses["captions"].rows) == (10, 10)
+    assert statuses["manifest"].rows == 1  # the one problem: a caption whose video is missing
+
+
+def test_verify_passes_on_the_demo_output(demo_out):
+    code, printed = _tvr("verify", str(demo_out))
+    assert code == 0, printed
+    assert printed.strip().endswith("items") and ": OK;" in printed
 
 
 def test_demo_rerun_recomputes_nothing(demo_out):
@@ -115,8 +123,9 @@ def test_manifest_command_writes_versioned_tables(demo_out, tmp_path):
     assert code == 0, printed
     assert "missing_video: never_downloaded" in printed
     version = _latest(tmp_path / "m", "manifest")
-    videos = ds.dataset(tmp_path / "m" / "manifest" / version / "videos.parquet").to_table()
+    videos = ds.dataset(tmp_path / "m" / "videos" / _latest(tmp_path / "m", "videos")).to_table()
     assert videos.num_rows == 10
+    assert "bars_h264.mp4" in videos["path"].to_pylist()  # relative to the video root
     # Same annotations, same content, same version.
     assert _tvr("manifest", "generic", "--annotations", str(demo_out / "data" / "captions.csv"),
                 "--videos", str(demo_out / "data" / "videos"), "--out", str(tmp_path / "m"))[0] == 0

@@ -44,9 +44,13 @@ def _start(config: Path, env: dict) -> subprocess.Popen:
 
 
 def _committed(out: Path) -> dict:
+    """The keyframes version's manifest, with its commit records as `shards`."""
     for manifest in (out / "keyframes").glob("*/_manifest.json"):
         try:
-            return json.loads(manifest.read_text())
+            record = json.loads(manifest.read_text())
+            commits = sorted(manifest.parent.glob("_commits/*.json"))
+            record["shards"] = {path.stem: json.loads(path.read_text()) for path in commits}
+            return record
         except (json.JSONDecodeError, FileNotFoundError):  # mid-rename; look again
             return {}
     return {}
@@ -83,6 +87,9 @@ def test_sigkill_midway_then_rerun_gives_every_item_exactly_once(tmp_path):
     killed = _committed(out)
     assert not killed["complete"]
     assert 3 <= len(killed["shards"]) < killed["num_shards"] == NUM_CLIPS + 1
+    # What a reader of the version folder sees is exactly what was committed, nothing staged.
+    folder = out / "keyframes" / killed["version"]
+    assert ds.dataset(folder, format="parquet").count_rows() == sum(r["rows"] for r in killed["shards"].values())
 
     rerun = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config)],
                            env=env, capture_output=True, text=True, timeout=600)
@@ -100,3 +107,6 @@ def test_sigkill_midway_then_rerun_gives_every_item_exactly_once(tmp_path):
     assert sorted(ids) == sorted([f"clip{i:02d}" for i in range(NUM_CLIPS)] + ["broken"])
     assert failures["item_id"].to_pylist() == ["broken"]
     assert all(len(frames) == 24 for frames in rows["frames"].to_pylist())
+    verified = subprocess.run([sys.executable, "-m", "pipeline.cli", "verify", str(out)],
+                              capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -4,92 +4,71 @@ Each strategy is a small frozen dataclass whose first field, `strategy`, names i
 config loader picks the member of the `Sampling` union by that field). Fields are keyword-only,
 so `Uniform(num_frames=8)`, never `Uniform(8)` (which would set `strategy`). `choose_frames` maps a
 strategy and a video's per-frame timestamps to frame indices. Every strategy but Disparity looks
-only at timestamps, so the decoder then seeks to just those frames.
+only at timestamps, so the decoder then seeks to just those frames. Ranges are declared on the
+fields (`bounds`) and checked on construction, so a bad value fails before any video is read.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
+from pipeline.config import bounds, check_bounds
 from pipeline.decode.probe import VideoError
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
+class _Strategy:
+    """Checks shared by every strategy when it is constructed, from a config file or in code."""
 
-
-def _check_name(sampling) -> None:
-    expected = type(sampling).__dataclass_fields__["strategy"].default
-    _require(
-        sampling.strategy == expected,
-        f"strategy must be {expected!r}, got {sampling.strategy!r}",
-    )
+    def __post_init__(self):
+        expected = type(self).__dataclass_fields__["strategy"].default
+        if self.strategy != expected:
+            raise ValueError(f"strategy must be {expected!r}, got {self.strategy!r}")
+        check_bounds(self)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Uniform:
+class Uniform(_Strategy):
     """N frames at the centres of N equal segments (CLIP4Clip / X-Pool style)."""
 
     strategy: Literal["uniform"] = "uniform"
-    num_frames: int = 12
-
-    def __post_init__(self):
-        _check_name(self)
-        _require(self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}")
+    num_frames: int = field(default=12, metadata=bounds(min=1))
 
 
 @dataclass(frozen=True, kw_only=True)
-class SegmentRandom:
+class SegmentRandom(_Strategy):
     """One random frame per equal segment (TSN-style training sampling), seeded per video."""
 
     strategy: Literal["segment_random"] = "segment_random"
-    num_frames: int = 12
-    seed: int = 0
-
-    def __post_init__(self):
-        _check_name(self)
-        _require(self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}")
+    num_frames: int = field(default=12, metadata=bounds(min=1))
+    seed: int = field(default=0, metadata=bounds(min=0))
 
 
 @dataclass(frozen=True, kw_only=True)
-class Fps:
+class Fps(_Strategy):
     """Frames at a fixed rate in seconds (t = 0, 1/rate, ...), right for variable frame rates;
     at most max_frames, spread uniformly over those, when set."""
 
     strategy: Literal["fps"] = "fps"
-    rate: float = 1.0
-    max_frames: int | None = None
-
-    def __post_init__(self):
-        _check_name(self)
-        _require(self.rate > 0, f"rate must be > 0, got {self.rate}")
-        _require(
-            self.max_frames is None or self.max_frames >= 1,
-            f"max_frames must be >= 1 or None, got {self.max_frames}",
-        )
+    rate: float = field(default=1.0, metadata=bounds(above=0))
+    max_frames: int | None = field(default=None, metadata=bounds(min=1))
 
 
 @dataclass(frozen=True, kw_only=True)
-class Vlm:
+class Vlm(_Strategy):
     """Sparse frames for prompting a video VLM, sampled as LLaVA-NeXT-Video does
     (`np.linspace(0, F - 1, N, dtype=int)`: first and last frame included)."""
 
     strategy: Literal["vlm"] = "vlm"
-    num_frames: int = 8
-
-    def __post_init__(self):
-        _check_name(self)
-        _require(self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}")
+    num_frames: int = field(default=8, metadata=bounds(min=1))
 
 
 @dataclass(frozen=True, kw_only=True)
-class Disparity:
+class Disparity(_Strategy):
     """MMI key-images: the frames where the content changes most.
 
     Low-resolution grey candidates are read at about candidate_fps; each is scored by its mean
@@ -98,29 +77,20 @@ class Disparity:
     there are too few."""
 
     strategy: Literal["disparity"] = "disparity"
-    num_frames: int = 8
-    candidate_fps: float = 2.0
-    min_gap_seconds: float = 0.5
-
-    def __post_init__(self):
-        _check_name(self)
-        _require(self.num_frames >= 1, f"num_frames must be >= 1, got {self.num_frames}")
-        _require(self.candidate_fps > 0, f"candidate_fps must be > 0, got {self.candidate_fps}")
-        _require(self.min_gap_seconds >= 0, "min_gap_seconds must be >= 0")
+    num_frames: int = field(default=8, metadata=bounds(min=1))
+    candidate_fps: float = field(default=2.0, metadata=bounds(above=0))
+    min_gap_seconds: float = field(default=0.5, metadata=bounds(min=0))
 
 
 @dataclass(frozen=True, kw_only=True)
-class MiddleSegment:
+class MiddleSegment(_Strategy):
     """LSDO's "single" frame: split into num_segments and take one seeded random frame of the
     middle segment (0-based index num_segments // 2 - 1: the 6th of 12, the 32nd of 64)."""
 
     strategy: Literal["middle_segment"] = "middle_segment"
-    num_segments: int = 12
-    seed: int = 0
-
-    def __post_init__(self):
-        _check_name(self)
-        _require(self.num_segments >= 2, f"num_segments must be >= 2, got {self.num_segments}")
+    # At least 2: with one segment the middle index, num_segments // 2 - 1, would be -1.
+    num_segments: int = field(default=12, metadata=bounds(min=2))
+    seed: int = field(default=0, metadata=bounds(min=0))
 
 
 Sampling = Uniform | SegmentRandom | Fps | Vlm | Disparity | MiddleSegment

@@ -14,6 +14,7 @@ from typing import Literal
 
 import pyarrow as pa
 
+from pipeline.config import bounds
 from pipeline.decode.keyframes import extract_keyframes
 from pipeline.decode.probe import VideoError
 from pipeline.decode.sampling import Sampling, Uniform
@@ -27,13 +28,16 @@ class KeyframesConfig:
     sampling: Sampling = field(default_factory=Uniform)
     backend: Literal["decord", "ffmpeg"] = "decord"
     fallback: bool = True  # try the other backend on a video the chosen one cannot decode
-    short_side: int = 224  # resize so the shorter side has this many pixels; 0 keeps the size
-    jpeg_quality: int = 90
+    # Resize so the shorter side has this many pixels; 0 keeps the size.
+    short_side: int = field(default=224, metadata=bounds(min=0))
+    # libjpeg's scale; PIL clamps anything outside it without a word, so a typo would go unnoticed.
+    jpeg_quality: int = field(default=90, metadata=bounds(min=1, max=100))
 
 
 def keyframes_items(config: KeyframesConfig, inputs) -> pa.Table:
-    videos = inputs["manifest"].table("videos", columns=["video_id"])
-    probed = inputs["probe"].table(columns=["video_id", "path", "rotation"])
+    videos = inputs["videos"].video_table(columns=["video_id", "path"])
+    probed = inputs["probe"].table(columns=["video_id", "rotation"])
+    probed = probed.append_column("probed", pa.array([True] * probed.num_rows, pa.bool_()))
     failed = inputs["probe"].failures(columns=["item_id", "reason", "message"])
     failed = failed.rename_columns(["video_id", "probe_reason", "probe_message"])
     # Every manifest video is an item: probed ones are decoded, the rest fail as upstream_failed.
@@ -41,7 +45,7 @@ def keyframes_items(config: KeyframesConfig, inputs) -> pa.Table:
 
 
 def _extract_one(item: dict, config: KeyframesConfig) -> dict | Failure:
-    if item["path"] is None:
+    if not item["probed"]:
         return Failure("upstream_failed",
                        f"probe: {item['probe_reason'] or 'no row'}: {item['probe_message'] or ''}")
     try:
@@ -78,7 +82,7 @@ STAGE = Stage(
     name="keyframes",
     description="sampled frames as upright JPEG bytes, with frame indices and timestamps",
     key="video_id",
-    inputs=("manifest", "probe"),
+    inputs=("videos", "probe"),
     config_type=KeyframesConfig,
     schema=KEYFRAMES,
     items=keyframes_items,

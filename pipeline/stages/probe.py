@@ -23,7 +23,9 @@ class ProbeConfig:
 
 
 def probe_items(config: ProbeConfig, inputs) -> pa.Table:
-    return inputs["manifest"].table("videos", columns=["video_id", "path"])
+    relative = inputs["videos"].table(columns=["video_id", "path"]).rename_columns(["video_id", "relative_path"])
+    absolute = inputs["videos"].video_table(columns=["video_id", "path"])
+    return absolute.append_column("relative_path", relative.column("relative_path"))
 
 
 def _probe_one(item: dict) -> dict | Failure:
@@ -34,7 +36,7 @@ def _probe_one(item: dict) -> dict | Failure:
         meta = probe_video(item["path"])
     except VideoError as exc:
         return Failure(exc.reason, exc.message)
-    return {"video_id": item["video_id"], "path": item["path"], **dataclasses.asdict(meta)}
+    return {"video_id": item["video_id"], "path": item["relative_path"], **dataclasses.asdict(meta)}
 
 
 def probe_setup(config: ProbeConfig):
@@ -45,7 +47,7 @@ STAGE = Stage(
     name="probe",
     description="video metadata (duration, fps, frames, size, codec, rotation) or why unreadable",
     key="video_id",
-    inputs=("manifest",),
+    inputs=("videos",),
     config_type=ProbeConfig,
     schema=PROBE,
     items=probe_items,

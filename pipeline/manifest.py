@@ -1,0 +1,131 @@
+"""The dataset manifest as three outputs, each versioned by its own rows.
+
+    OUT/videos/<version>/part-00000.parquet     video_id, path (relative to the video root), split, extra
+    OUT/captions/<version>/part-00000.parquet   caption_id, video_id, text, split, extra
+    OUT/manifest/<version>/part-00000.parquet   problems (missing files, duplicate ids, ...)
+    OUT/manifest/<version>/_manifest.json        names the videos and captions versions, and the source
+
+Videos and captions are versioned apart, and paths are stored relative to the video root (the
+root is recorded as provenance, not hashed), so moving a dataset folder changes no version, and a
+missing video turning up gives video-side stages a new version but leaves caption-side stages
+(hours of LLM work) alone. They go through the same commit protocol as every stage, so
+`tvr verify` checks them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.commit import check_committed, commit_shard, stage_shard, write_plan
+from pipeline.lease import Lease
+from pipeline.outputs import (
+    InputNotReadyError,
+    latest,
+    mark_latest,
+    now,
+    provenance_metadata,
+    read_manifest,
+    write_manifest,
+)
+from pipeline.schema import CAPTIONS, FAILURES, MANIFEST_PROBLEMS, SCHEMA_VERSION, VIDEOS
+from pipeline.stage import StageOutput
+from pipeline.storage import Store
+
+# name -> (schema, item key or None when rows are not items)
+TABLES = {"videos": (VIDEOS, "video_id"), "captions": (CAPTIONS, "caption_id"), "manifest": (MANIFEST_PROBLEMS, None)}
+
+
+@dataclass(frozen=True)
+class ManifestOutputs:
+    manifest: StageOutput  # the problems, and which videos and captions versions belong together
+    videos: StageOutput  # with `root`, the video folder of this run
+    captions: StageOutput
+
+    def as_inputs(self) -> dict[str, StageOutput]:
+        return {"videos": self.videos, "captions": self.captions}
+
+
+def relative_paths(videos: pa.Table, root: str) -> pa.Table:
+    """The videos table with each found file's path relative to `root` (posix separators)."""
+    absolute_root = os.path.abspath(root)
+    paths = [None if p is None else os.path.relpath(p, absolute_root).replace(os.sep, "/")
+             for p in videos.column("path").to_pylist()]
+    return videos.set_column(videos.column_names.index("path"), "path", pa.array(paths, pa.string()))
+
+
+def write_dataset_manifest(store: Store, videos: pa.Table, captions: pa.Table, problems: pa.Table,
+                           video_root: str, source: dict[str, Any]) -> ManifestOutputs:
+    """Write (or find, when the rows are unchanged) the three versions; `videos` has relative paths."""
+    root = os.path.abspath(video_root)
+    video_output = _write_table(store, "videos", videos, {"root": root})
+    caption_output = _write_table(store, "captions", captions, {})
+    links = {"videos": video_output.version, "captions": caption_output.version}
+    manifest_output = _write_table(store, "manifest", problems, {**links, "source": source}, identity_extra=links)
+    return ManifestOutputs(manifest_output, StageOutput("videos", video_output.version, root=root), caption_output)
+
+
+def read_dataset_manifest(store: Store, version: str, video_root: str | None = None) -> ManifestOutputs:
+    """An existing manifest (a version, or "latest"); the video root defaults to the recorded one."""
+    if version == "latest":
+        found = latest(store, "manifest")
+        if found is None:
+            raise InputNotReadyError(f"{store.root} has no complete manifest; run `tvr manifest` first")
+        version = found.version
+    record = read_manifest(store, "manifest", version)
+    if record is None or not record.get("complete"):
+        known = ", ".join(store.list_dirs("manifest")) or "none"
+        raise InputNotReadyError(f"{store.root} has no complete manifest {version} (manifests there: {known})")
+    videos = read_manifest(store, "videos", record["videos"]) or {}
+    root = os.path.abspath(video_root) if video_root else videos.get("root")
+    if not root or not os.path.isdir(root):
+        raise InputNotReadyError(
+            f"manifest {version}: its video folder {root} does not exist; set dataset.videos to where "
+            f"the videos are now")
+    return ManifestOutputs(StageOutput("manifest", version), StageOutput("videos", record["videos"], root=root),
+                           StageOutput("captions", record["captions"]))
+
+
+def _write_table(store: Store, stage: str, table: pa.Table, record_extra: dict[str, Any],
+                 identity_extra: dict[str, Any] | None = None) -> StageOutput:
+    schema, key = TABLES[stage]
+    table = table.cast(schema)
+    identity = {"stage": stage, "schema_version": SCHEMA_VERSION, "content_sha256": _table_sha256(table),
+                **(identity_extra or {})}
+    version = identity["content_sha256"][:12]
+    output = StageOutput(stage, version)
+    with Lease(store, stage, version, wait_seconds=120):  # a twin driver writes the same bytes: wait
+        manifest = read_manifest(store, stage, version)
+        if manifest is not None and manifest.get("complete"):
+            check_committed(store, output, manifest)
+            if any(manifest.get(k) != v for k, v in record_extra.items()):  # provenance only: where it was seen
+                write_manifest(store, {**manifest, **record_extra})
+            mark_latest(store, stage, version)
+            return output
+        manifest = {"stage": stage, "version": version, "identity": identity, "key": key, "created": now(),
+                    "num_items": table.num_rows, "rows_per_shard": max(1, table.num_rows), "num_shards": 1,
+                    "complete": False, **record_extra}
+        if key is not None:
+            write_plan(store, stage, version, table.column(key).combine_chunks(), manifest["rows_per_shard"],
+                       manifest)
+        write_manifest(store, manifest)
+        metadata = provenance_metadata({**identity, "version": version}, {})
+        files = stage_shard(store, stage, version, 0, table, FAILURES.empty_table(), metadata)
+        commit_shard(store, stage, version, 0, files)
+        write_manifest(store, {**manifest, "complete": True, "finished": now(), "rows": table.num_rows,
+                               "failures": 0})
+    mark_latest(store, stage, version)
+    return output
+
+
+def _table_sha256(table: pa.Table) -> str:
+    digest = hashlib.sha256()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table.combine_chunks())  # the same rows in other chunks hash the same
+    digest.update(sink.getvalue().to_pybytes())
+    return digest.hexdigest()

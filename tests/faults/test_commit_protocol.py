@@ -1,0 +1,216 @@
+"""Faults against the commit protocol, the lease and `tvr verify`, on a toy stage (fast, no videos)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from toy import TOY, FailingStore, ToyConfig, read, toy_inputs
+
+from pipeline import commit, outputs
+from pipeline.lease import Lease, LeaseHeldError, LeaseLostError
+from pipeline.outputs import DamagedOutputError
+from pipeline.runner import OutputWriteError, RunnerConfig, run_stage, stage_version
+from pipeline.storage import Store, parquet_bytes
+from pipeline.verify import verify
+
+RUNNER = RunnerConfig(rows_per_shard=3, progress=False)
+
+
+@pytest.fixture
+def done(tmp_path, ray_session):
+    """A complete toy version of 10 items (4 shards), two of them failures."""
+    store = Store.open(str(tmp_path / "out"))
+    inputs = toy_inputs(store, 10, bad={2, 7})
+    result = run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
+    return store, inputs, result.version
+
+
+def _part(store: Store, version: str, shard: int, failures: bool = False) -> str:
+    folder = outputs.failures_dir("toy", version) if failures else f"toy/{version}"
+    return store.path(folder, f"part-{shard:05d}.parquet")
+
+
+def test_verify_passes_on_a_clean_run(done):
+    store, _, _ = done
+    report = verify(store.root)
+    assert report.ok, report.render()
+    assert report.items == 10 + 10  # the toy items, and the manifest's videos
+
+
+@pytest.mark.parametrize("damage", ["append_byte", "remove_byte", "delete_part", "flip_byte"])
+def test_verify_fails_on_a_damaged_part_and_repair_recomputes_only_it(done, damage):
+    store, inputs, version = done
+    path = _part(store, version, 1)
+    data = open(path, "rb").read()
+    if damage == "append_byte":
+        open(path, "ab").write(b"x")
+    elif damage == "remove_byte":
+        open(path, "wb").write(data[:-1])
+    elif damage == "delete_part":
+        os.remove(path)
+    else:  # same size, same footer: only the sha256 tells
+        middle = len(data) // 2
+        open(path, "wb").write(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
+
+    report = verify(store.root)
+    assert not report.ok
+    assert [f.path for f in report.findings] == [f"toy/{version}/part-00001.parquet"]
+
+    if damage != "flip_byte":  # the cheap check a run makes: size and footer
+        with pytest.raises(DamagedOutputError, match="part-00001.parquet"):
+            run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
+
+    repaired = verify(store.root, repair=True)
+    assert any("withdrew shard 1" in line for line in repaired.repaired)
+    assert verify(store.root).ok  # partial now, but consistent
+    rerun = run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
+    assert rerun.computed_items == 3 and (rerun.rows, rerun.failures) == (8, 2)
+    assert verify(store.root).ok
+    assert sorted(read(store, "toy", version)["video_id"].to_pylist()) == [
+        f"v-{i:03d}" for i in range(10) if i not in (2, 7)]
+
+
+def test_garbage_manifest_is_named_and_repair_rebuilds_it(done):
+    store, inputs, version = done
+    manifest = store.path("toy", version, "_manifest.json")
+    with open(manifest, "wb") as handle:
+        handle.write(b"\x00garbage{")
+    with pytest.raises(DamagedOutputError, match=f"{manifest} is damaged"):
+        run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
+    assert not verify(store.root).ok
+    verify(store.root, repair=True)
+    rerun = run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
+    assert rerun.computed_items == 0 and rerun.items == 10  # every shard was still committed
+    assert verify(store.root).ok
+
+
+def test_stray_and_uncommitted_files_are_found_and_removed(done):
+    store, _, version = done
+    stray = store.path("toy", version, "part-00099.parquet")
+    with open(stray, "wb") as handle:
+        handle.write(open(_part(store, version, 0), "rb").read())
+    os.makedirs(store.path("toy", version, "_staging", "dead"))
+    with open(store.path("toy", version, "_staging", "dead", "part-00001.parquet"), "wb") as handle:
+        handle.write(b"half")
+    report = verify(store.root)
+    assert {f.path for f in report.findings} == {f"toy/{version}/part-00099.parquet",
+                                                 f"toy/{version}/_staging/dead/part-00001.parquet"}
+    verify(store.root, repair=True)
+    assert verify(store.root).ok and not os.path.exists(stray)
+
+
+def test_a_duplicated_item_is_found(done):
+    """A part whose rows repeat an item of another shard (and match their own record) breaks
+    exactly-once; only the plan shows it."""
+    store, _, version = done
+    path = _part(store, version, 0)
+    table = pq.read_table(path)
+    table = pa.concat_tables([table, table.slice(0, 1)])
+    data = parquet_bytes(table.replace_schema_metadata(None))
+    open(path, "wb").write(data)
+    record_path = store.path("toy", version, "_commits", "part-00000.json")
+    record = json.load(open(record_path))
+    record["files"][0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), rows=table.num_rows)
+    json.dump(record, open(record_path, "w"))
+    report = verify(store.root)
+    assert [f.problem for f in report.findings] == ["items not exactly once: repeated ['v-000']"]
+
+
+def test_latest_pointing_at_a_partial_version_is_a_finding(done):
+    store, _, version = done
+    outputs.write_manifest(store, {**outputs.read_manifest(store, "toy", version), "complete": False})
+    report = verify(store.root)
+    assert any(f.path == "toy/LATEST" for f in report.findings)
+
+
+# ---- one writer per version ----------------------------------------------------------------------
+
+
+def test_second_driver_stops_naming_the_holder(done):
+    store, inputs, _ = done
+    other = stage_version(TOY, ToyConfig(factor=9), inputs)
+    with Lease(store, "toy", other, ttl_seconds=30):
+        with pytest.raises(LeaseHeldError, match=f"toy {other} is being written by {socket.gethostname()}:"):
+            run_stage(store, TOY, ToyConfig(factor=9), inputs, RUNNER)
+    assert outputs.read_manifest(store, "toy", other) is None  # the second driver wrote nothing
+
+
+def test_second_driver_waits_then_finds_it_done(done):
+    store, inputs, version = done
+    holder = Lease(store, "toy", version + "x")  # any version: the lease, not the data, is tested
+    holder.acquire()
+    waiter = Lease(store, "toy", version + "x", wait_seconds=5)
+    threading.Timer(0.5, holder.release).start()
+    started = time.monotonic()
+    waiter.acquire()
+    assert 0.4 < time.monotonic() - started < 5
+    waiter.release()
+
+
+def test_expired_lease_is_taken_over_and_loser_cannot_commit(done):
+    store, inputs, _ = done
+    stale = Lease(store, "toy", "v1", ttl_seconds=1)
+    stale.acquire()
+    stale._stop.set()  # the heartbeat stops, as when a driver is frozen or its host died
+    stale._thread.join()
+    time.sleep(1.2)
+    fresh = Lease(store, "toy", "v1", ttl_seconds=1)
+    fresh.acquire()  # takes over the expired lease
+    with pytest.raises(LeaseLostError, match="now held by"):
+        stale.ensure_held()
+    fresh.ensure_held()
+    fresh.release()
+
+
+def test_lease_of_a_dead_local_process_is_taken_over_at_once(done):
+    store, inputs, _ = done
+    version = stage_version(TOY, ToyConfig(factor=4), inputs)
+    dead = {"owner": "dead", "host": socket.gethostname(), "pid": 2**22 + 12345, "heartbeat": time.time(),
+            "ttl_seconds": 600}
+    store.write_json(dead, "toy", version, "_lease.json")
+    result = run_stage(store, TOY, ToyConfig(factor=4), inputs, RUNNER)
+    assert result.items == 10 and not store.exists("toy", version, "_lease.json")
+
+
+def test_complete_version_is_never_marked_partial_by_a_late_driver(done):
+    """A driver that planned before another finished re-reads under the lease and stops there."""
+    store, inputs, version = done
+    before = outputs.read_manifest(store, "toy", version)
+    again = run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
+    assert again.up_to_date and outputs.read_manifest(store, "toy", version) == before
+
+
+# ---- write errors ----------------------------------------------------------------------------
+
+
+def test_full_disk_in_a_worker_stops_the_run_naming_the_path(tmp_path, ray_session):
+    good = Store.open(str(tmp_path / "out"))
+    inputs = toy_inputs(good, 12)
+    full = FailingStore(good.fs, good.root, fail_on="failures-part-00002")
+    with pytest.raises(OutputWriteError) as raised:
+        run_stage(full, TOY, ToyConfig(), inputs, RunnerConfig(rows_per_shard=3, max_workers=1, progress=False))
+    message = str(raised.value)
+    assert "cannot write" in message and "failures-part-00002.parquet: No space left on device" in message
+    assert "shards committed" in message and "lost its worker" not in message
+    resumed = run_stage(good, TOY, ToyConfig(), inputs, RUNNER)  # space freed: the rest is computed
+    assert resumed.items == 12 and resumed.computed_items < 12
+    assert verify(good.root).ok
+
+
+def test_full_disk_at_commit_stops_the_run(tmp_path, ray_session):
+    good = Store.open(str(tmp_path / "out"))
+    inputs = toy_inputs(good, 6)
+    full = FailingStore(good.fs, good.root, fail_on="_commits/part-00001")
+    with pytest.raises(OutputWriteError, match="_commits/part-00001.json: No space left on device"):
+        run_stage(full, TOY, ToyConfig(), inputs, RUNNER)
+    assert verify(good.root).ok  # what is there is consistent
+    assert run_stage(good, TOY, ToyConfig(), inputs, RUNNER).items == 6
+    assert commit.read_commits(good, "toy", outputs.latest(good, "toy").version).keys() == {0, 1}
