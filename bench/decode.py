@@ -28,9 +28,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from pipeline import outputs, synth
+from pipeline import synth
 from pipeline.decode.sampling import Uniform, choose_frames
 from pipeline.runner import RunnerConfig, ensure_ray, run_stage
+from pipeline.stage import StageOutput
 from pipeline.stages import STAGES
 from pipeline.stages.keyframes import KeyframesConfig
 from pipeline.stages.probe import ProbeConfig
@@ -92,8 +93,8 @@ def _stage_rate(clips: list[Path], backend: str, workers: int, scratch: Path) ->
     manifest, _ = build_and_write_manifest(
         store, DatasetConfig(format="generic", annotations=str(annotations), videos=str(clips[0].parent)))
     runner = RunnerConfig(rows_per_shard=4, max_workers=workers, progress=False)
-    probe = run_stage(store, STAGES["probe"], ProbeConfig(), {"manifest": manifest}, runner)
-    inputs = {"manifest": manifest, "probe": outputs.latest(store, "probe")}
+    probe = run_stage(store, STAGES["probe"], ProbeConfig(), manifest.as_inputs(), runner)
+    inputs = {**manifest.as_inputs(), "probe": StageOutput("probe", probe.version)}
     config = KeyframesConfig(sampling=Uniform(num_frames=NUM_FRAMES), backend=backend, fallback=False)
     result = run_stage(store, STAGES["keyframes"], config, inputs, runner)
     if result.failures or probe.failures:

@@ -43,12 +43,15 @@ def _cmd_run(args) -> int:
 def _cmd_demo(args) -> int:
     from pipeline.demo import run_demo
     from pipeline.status import collect, render
+    from pipeline.verify import verify
 
     run_demo(Path(args.out), workers=args.workers)
     print()
     print(render(collect(args.out)))
+    report = verify(args.out)
+    print(report.render().splitlines()[-1] if report.ok else report.render())
     print(f"\nParquet shards are under {args.out}/ (try: tvr status {args.out})")
-    return 0
+    return 0 if report.ok else 1
 
 
 def _cmd_status(args) -> int:

@@ -127,7 +127,9 @@ def _verify_version(store: Store, stage: str, version: str, report: Report, repa
                 report.repaired.append(f"removed {folder}: its record cannot be rebuilt; rerun to write it again")
             return
     if manifest is None:
-        if not in_progress:
+        # An empty folder is what a driver leaves that stopped before planning (its items failed
+        # to load); only files without a record are strays.
+        if not in_progress and store.walk_files(folder):
             _stray(store, report, repair, stage, version, folder, "folder with no _manifest.json (not a version)")
         return
     report.versions += 1

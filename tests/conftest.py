@@ -161,3 +161,25 @@ def ray_session():
     ensure_ray()
     yield
     ray.shutdown()
+
+
+# ---- every output a test leaves must pass `tvr verify` -------------------------------------------
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "leaves_damage: the test leaves output that `tvr verify` must reject")
+
+
+@pytest.fixture(autouse=True)
+def verify_test_outputs(request):
+    """After each test, `tvr verify` every pipeline output it left under its tmp_path."""
+    checked = "tmp_path" in request.fixturenames and not request.node.get_closest_marker("leaves_damage")
+    tmp_path = request.getfixturevalue("tmp_path") if checked else None
+    yield
+    if tmp_path is None:
+        return
+    from pipeline.verify import verify
+
+    for marker in sorted(tmp_path.glob("**/videos/LATEST")):
+        report = verify(str(marker.parent.parent))
+        assert report.ok, f"the test's output fails `tvr verify`:\n{report.render()}"

@@ -56,7 +56,7 @@ def test_demo_leaves_readable_parquet_with_every_video_accounted_for(demo_out):
     probe_failures = ds.dataset(demo_out / "failures" / "probe" / probe_version, format="parquet").to_table()
     assert dict(zip(probe_failures["item_id"].to_pylist(), probe_failures["reason"].to_pylist())) == {
         "zero_bytes": "empty", "never_downloaded": "missing"}
-    problems = ds.dataset(demo_out / "manifest" / _latest(demo_out, "manifest") / "problems.parquet").to_table()
+    problems = ds.dataset(demo_out / "manifest" / _latest(demo_out, "manifest")).to_table()
     assert ("missing_video", "never_downloaded") in zip(problems["problem"].to_pylist(), problems["id"].to_pylist())
 
 

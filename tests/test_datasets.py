@@ -151,7 +151,7 @@ def test_msrvtt_missing_and_ambiguous_videos(tmp_path):
     assert detail(manifest, "ambiguous_video", "video0") == (
         "3 files match: a/video0.webm, sub/video0.avi, video0.MP4; using video0.MP4"
     )
-    assert detail(manifest, "missing_video", "video1") == f"no file named video1.<video extension> under {videos}"
+    assert detail(manifest, "missing_video", "video1") == "no file named video1.<video extension> under the video root"
     # The video without a file keeps its captions: later stages report it as a failure.
     assert [row[0] for row in captions_of(manifest)].count("video1#1") == 1
 
@@ -193,9 +193,10 @@ def test_msrvtt_repeated_sen_id_is_a_duplicate_caption_id(tmp_path):
 def test_msrvtt_errors_name_the_file_and_place(tmp_path):
     annotations = msrvtt_annotations(tmp_path / "ann")
     (tmp_path / "videos").mkdir()
-    (annotations / "MSRVTT_JSFUSION_test.csv").unlink()
-    with pytest.raises(AnnotationError, match="no MSRVTT_JSFUSION_test.csv in"):
+    (annotations / "MSRVTT_data.json").rename(tmp_path / "MSRVTT_data.json")
+    with pytest.raises(AnnotationError, match="msrvtt: no MSRVTT_data.json in"):  # it holds every caption
         build_manifest("msrvtt", annotations, tmp_path / "videos")
+    (tmp_path / "MSRVTT_data.json").rename(annotations / "MSRVTT_data.json")
     write_text(annotations / "MSRVTT_JSFUSION_test.csv", "key,video_id\nret0,video2\n")
     with pytest.raises(AnnotationError, match=r"lacks the column\(s\) \['vid_key', 'sentence'\]"):
         build_manifest("msrvtt", annotations, tmp_path / "videos")
@@ -264,9 +265,7 @@ def test_didemo_single_file_and_video_in_two_splits(tmp_path):
     # A single released file is read alone, as its split.
     only_test = build_manifest("didemo", annotations / "test_data.json", tmp_path / "videos")
     assert captions_of(only_test) == [("a#0", "a", "two", "test")]
-    (annotations / "val_data.json").unlink()
-    with pytest.raises(AnnotationError, match="didemo: no val_data.json in .*pass a single released file"):
-        build_manifest("didemo", annotations, tmp_path / "videos")
+    assert problems_of(only_test) == []  # the other splits were left out on purpose, not missing
     write_json(annotations / "val_data.json", [{"video": "b.mov"}])
     with pytest.raises(AnnotationError, match=r"val_data.json: \[0\]: missing key 'description'"):
         build_manifest("didemo", annotations, tmp_path / "videos")
@@ -298,8 +297,12 @@ def test_activitynet_paragraphs_prefixes_and_extensions(tmp_path):
     ]
     assert captions_of(manifest) == [
         ("v_-_8aSkX0f0k#0", "v_-_8aSkX0f0k", "A man plays.", "train"),
-        ("v_QOlSCBRmfWY#0", "v_QOlSCBRmfWY", "A young woman is seen standing in a room. She then dances around.",
-         "train"),  # fmt: skip
+        (
+            "v_QOlSCBRmfWY#0",
+            "v_QOlSCBRmfWY",
+            "A young woman is seen standing in a room. She then dances around.",
+            "train",
+        ),
         ("v_uqiMw7tQ1Cc#0", "v_uqiMw7tQ1Cc", "A weight lifting.", "test"),
     ]
     assert video_extra(manifest, "v_QOlSCBRmfWY") == {"duration": 82.73, "timestamps": [[0.83, 19.86], [17.37, 60.81]]}
@@ -450,7 +453,7 @@ def test_vatex_english_captions_and_ids_with_underscores(tmp_path):
     write_json(annotations / "vatex_validation_v1.0.json", [{"videoID": "_-_c9kXZdIo_000005_000015", "enCap": ["x"]}])
     videos = tmp_path / "videos"
     touch(videos, "Ptf_2VRj-V0_000122_000132.mp4")
-    manifest = build_manifest("vatex", annotations, videos)  # the public test file is optional
+    manifest = build_manifest("vatex", annotations, videos)  # without the public test file
     assert videos_of(manifest) == [
         ("Ptf_2VRj-V0_000122_000132", str(videos / "Ptf_2VRj-V0_000122_000132.mp4"), "train"),
         ("_-_c9kXZdIo_000005_000015", None, "val"),
@@ -462,7 +465,10 @@ def test_vatex_english_captions_and_ids_with_underscores(tmp_path):
     ]
     assert video_extra(manifest, "Ptf_2VRj-V0_000122_000132") == {"youtube_id": "Ptf_2VRj-V0", "start": 122, "end": 132}
     assert video_extra(manifest, "_-_c9kXZdIo_000005_000015")["youtube_id"] == "_-_c9kXZdIo"
-    assert problems_of(manifest) == [("missing_video", "_-_c9kXZdIo_000005_000015")]
+    assert problems_of(manifest) == [
+        ("missing_split_file", "vatex_public_test_english_v1.1.json"),  # downloaded separately
+        ("missing_video", "_-_c9kXZdIo_000005_000015"),
+    ]
     write_json(annotations / "vatex_public_test_english_v1.1.json", [{"videoID": "abc_12", "enCap": ["y"]}])
     with pytest.raises(AnnotationError, match=r"\[0\]: videoID 'abc_12' is not <YouTube id>_<start>_<end>"):
         build_manifest("vatex", annotations, videos)
@@ -557,9 +563,9 @@ def test_generic_csv_paths_splits_and_problems(tmp_path):
         "kept the first, dropped the repeat's 1 caption(s)"
     )
     assert detail(manifest, "path_outside_root", "v4") == (
-        f"path ../outside.mp4 resolves to {tmp_path / 'outside.mp4'}, outside the video root {videos}"
+        f"path ../outside.mp4 resolves to {tmp_path / 'outside.mp4'}, outside the video root"
     )
-    assert detail(manifest, "missing_video", "v6") == f"path gone.mp4: no file at {videos / 'gone.mp4'}"
+    assert detail(manifest, "missing_video", "v6") == "path gone.mp4: no such file under the video root"
 
 
 def test_generic_jsonl_and_parquet(tmp_path):
@@ -603,7 +609,7 @@ def test_symlinks_inside_and_outside_the_root(tmp_path):
     ]
     assert problems_of(manifest) == [("path_outside_root", "linked_dir_video"), ("path_outside_root", "v_out")]
     assert detail(manifest, "path_outside_root", "v_out") == (
-        f"v_out.mp4 resolves to {tmp_path / 'elsewhere/outside.mp4'}, outside the video root {videos}"
+        f"v_out.mp4 resolves to {tmp_path / 'elsewhere/outside.mp4'}, outside the video root"
     )
 
 
@@ -635,3 +641,130 @@ def test_every_format_has_default_options_and_a_description():
     for name, dataset in FORMATS.items():
         assert dataset.name == name and dataset.description and "\n" not in dataset.description
         dataset.options()  # every option has a default
+
+
+# ---- partial downloads -----------------------------------------------------------------------
+# A folder may lack some of a dataset's split files: the splits present are read, each absent
+# file is a `missing_split_file` problem, and only a folder with none of them is refused.
+
+
+def didemo_release(folder: Path) -> Path:
+    for split in ("train", "val", "test"):
+        write_json(folder / f"{split}_data.json", [didemo_row(f"{split}_video.mp4", f"a {split} video", 1)])
+    return folder
+
+
+def activitynet_release(folder: Path) -> Path:
+    for name, key in (("train.json", "v_train"), ("val_1.json", "v_test")):
+        write_json(folder / name, {key: {"duration": 1.0, "timestamps": [[0, 1]], "sentences": ["x"]}})
+    return folder
+
+
+def lsmdc_release(folder: Path) -> Path:
+    for name in ("training", "val", "test"):
+        write_text(folder / f"LSMDC16_annos_{name}.csv", f"{name}_clip\t1\t2\t3\t4\tA sentence.\n")
+    return folder
+
+
+def vatex_release(folder: Path) -> Path:
+    for name, video_id in (("training_v1.0", "tr_000001_000002"), ("validation_v1.0", "va_000001_000002"),
+                           ("public_test_english_v1.1", "te_000001_000002")):  # fmt: skip
+        write_json(folder / f"vatex_{name}.json", [{"videoID": video_id, "enCap": ["a caption"]}])
+    return folder
+
+
+def charades_release(folder: Path) -> Path:
+    for split in ("train", "test"):
+        write_text(folder / f"Charades_v1_{split}.csv", CHARADES_HEADER + f"{split}1,S,Hall,,,Yes,s,,a caption,,1\n")
+    return folder
+
+
+def msvd_release(folder: Path) -> Path:
+    for split in ("train", "val", "test"):
+        write_text(folder / f"{split}_list.txt", f"{split}_id_1_2\n")
+    write_json(folder / "captions_msvd.json", {f"{split}_id_1_2": ["a caption"] for split in ("train", "val", "test")})
+    return folder
+
+
+# format -> (writer of a full release into a folder, {split file: (its split, its video ids)})
+RELEASES = {
+    "didemo": (didemo_release, {"train_data.json": ("train", ["train_video"]),
+                                "val_data.json": ("val", ["val_video"]),
+                                "test_data.json": ("test", ["test_video"])}),
+    "activitynet": (activitynet_release, {"train.json": ("train", ["v_train"]), "val_1.json": ("test", ["v_test"])}),
+    "lsmdc": (lsmdc_release, {"LSMDC16_annos_training.csv": ("train", ["training_clip"]),
+                              "LSMDC16_annos_val.csv": ("val", ["val_clip"]),
+                              "LSMDC16_annos_test.csv": ("test", ["test_clip"])}),
+    "vatex": (vatex_release, {"vatex_training_v1.0.json": ("train", ["tr_000001_000002"]),
+                              "vatex_validation_v1.0.json": ("val", ["va_000001_000002"]),
+                              "vatex_public_test_english_v1.1.json": ("test", ["te_000001_000002"])}),
+    "charades": (charades_release, {"Charades_v1_train.csv": ("train", ["train1"]),
+                                    "Charades_v1_test.csv": ("test", ["test1"])}),
+    "msrvtt": (msrvtt_annotations, {"MSRVTT_train.9k.csv": ("train", ["video0", "video1"]),
+                                    "MSRVTT_JSFUSION_test.csv": ("test", ["video2", "video3"])}),
+    "msvd": (msvd_release, {"train_list.txt": ("train", ["train_id_1_2"]),
+                            "val_list.txt": ("val", ["val_id_1_2"]),
+                            "test_list.txt": ("test", ["test_id_1_2"])}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fmt", "missing"), [(fmt, name) for fmt, (_, split_files) in RELEASES.items() for name in split_files]
+)
+def test_partial_download_reads_the_splits_present(tmp_path, fmt, missing):
+    write_release, split_files = RELEASES[fmt]
+    annotations = write_release(tmp_path / "ann")
+    (annotations / missing).unlink()
+    (tmp_path / "videos").mkdir()
+    manifest = build_manifest(fmt, annotations, tmp_path / "videos")
+    present = {name: listed for name, listed in split_files.items() if name != missing}
+    expected = sorted((video_id, split) for split, video_ids in present.values() for video_id in video_ids)
+    assert [(video_id, split) for video_id, _, split in videos_of(manifest)] == expected
+    assert {row[3] for row in captions_of(manifest)} == {split for split, _ in present.values()}
+    # Sorted by (problem, id): the missing file comes before the videos that have no file here.
+    assert problems_of(manifest) == [("missing_split_file", missing)] + [
+        ("missing_video", video_id) for video_id, _ in expected
+    ]
+    assert detail(manifest, "missing_split_file", missing) == (
+        f"no {split_files[missing][0]} split: {missing} is not in the annotations folder or its subfolders"
+    )
+
+
+@pytest.mark.parametrize("fmt", list(RELEASES))
+def test_folder_without_any_split_file_is_refused(tmp_path, fmt):
+    write_release, split_files = RELEASES[fmt]
+    annotations = write_release(tmp_path / "ann")
+    for name in split_files:
+        (annotations / name).unlink()
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(AnnotationError) as caught:
+        build_manifest(fmt, annotations, tmp_path / "videos")
+    assert str(caught.value) == (
+        f"{fmt}: none of the released split files ({', '.join(split_files)}) is in {annotations} "
+        "(looked in the folder and its subfolders)"
+    )
+
+
+def test_several_missing_split_files_are_each_listed(tmp_path):
+    annotations = didemo_release(tmp_path / "ann")
+    (annotations / "val_data.json").unlink()
+    (annotations / "train_data.json").unlink()
+    touch(tmp_path / "videos", "test_video.mp4")
+    manifest = build_manifest("didemo", annotations, tmp_path / "videos")
+    assert videos_of(manifest) == [("test_video", str(tmp_path / "videos/test_video.mp4"), "test")]
+    assert problems_of(manifest) == [("missing_split_file", "train_data.json"), ("missing_split_file", "val_data.json")]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "required", "message"),
+    [
+        ("msrvtt", "MSRVTT_data.json", "msrvtt: no MSRVTT_data.json in"),
+        ("msvd", "captions_msvd.json", "msvd: neither captions_msvd.json nor raw-captions.pkl in"),
+    ],
+)
+def test_the_file_holding_every_caption_stays_required(tmp_path, fmt, required, message):
+    annotations = RELEASES[fmt][0](tmp_path / "ann")
+    (annotations / required).unlink()
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(AnnotationError, match=message):
+        build_manifest(fmt, annotations, tmp_path / "videos")

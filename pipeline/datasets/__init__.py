@@ -2,8 +2,9 @@
 
 Each format reads its released files into `Annotations`; `build_manifest` then finds every
 video's file under the video root and lists, by id, whatever needs attention (missing or
-ambiguous files, repeated ids, paths outside the root). The exact file formats are specified
-in REFERENCE.md, "Annotation files as released".
+ambiguous files, repeated ids, paths outside the root, released split files absent from the
+annotations folder). The exact file formats are specified in REFERENCE.md, "Annotation files
+as released".
 """
 
 from collections.abc import Callable
@@ -82,9 +83,12 @@ FORMATS: dict[str, Format] = {
 def build_manifest(fmt: str, annotations: Path, videos_dir: Path, options: Any = None) -> Manifest:
     """Reads `annotations` as format `fmt` and matches each video to its file under `videos_dir`.
 
-    Raises AnnotationError for an unknown format, missing or malformed annotation files, or a
-    video folder that does not exist. Everything else that needs attention is a row of
-    `Manifest.problems`, and no annotated video or caption is silently dropped.
+    Raises AnnotationError (one line, naming the file) for an unknown format, a video folder that
+    does not exist, a malformed or unreadable annotation file, a folder without any of the
+    dataset's split files, or without a file it cannot do without (MSR-VTT's MSRVTT_data.json,
+    MSVD's captions). A split file absent from a folder that holds others is a
+    `missing_split_file` row of `Manifest.problems`, as is everything else that needs attention;
+    no annotated video or caption is silently dropped.
     """
     if fmt not in FORMATS:
         raise AnnotationError(f"unknown dataset format {fmt!r}; known formats: {', '.join(FORMATS)}")

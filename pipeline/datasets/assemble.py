@@ -6,8 +6,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.datasets.records import Annotations, CaptionRecord, VideoRecord
-from pipeline.datasets.video_index import Problem, VideoIndex
+from pipeline.datasets.records import Annotations, CaptionRecord, Problem, VideoRecord
+from pipeline.datasets.video_index import VideoIndex
 from pipeline.schema import CAPTIONS, MANIFEST_PROBLEMS, VIDEOS
 
 
@@ -19,7 +19,8 @@ class Manifest:
 
 
 def assemble(annotations: Annotations, index: VideoIndex) -> Manifest:
-    problems: list[Problem] = []
+    """The manifest tables; problems are the adapter's (missing split files) and those found here."""
+    problems: list[Problem] = list(annotations.problems)
     videos = first_of_each_video(annotations.videos, problems)
     captions = first_of_each_native_caption_id(videos, problems)
     video_rows = []

@@ -1,11 +1,10 @@
 """Charades: each `;`-separated description is one caption; the script and the other columns
 are kept in the video's extra."""
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.datasets.files import ReleasedFile, expect_columns, read_released_splits
+from pipeline.datasets.files import ReleasedFile, read_csv_rows, read_released_splits, short
 from pipeline.datasets.records import (
     AnnotationError,
     Annotations,
@@ -29,26 +28,23 @@ def read(annotations: Path, options: CharadesOptions) -> Annotations:
 
 
 def read_split(path: Path, split: str) -> list[VideoRecord]:
-    videos = []
     # A real CSV parser: scripts and descriptions are quoted and contain commas and newlines.
-    with open(path, newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        expect_columns(reader.fieldnames, ["id", "script", "descriptions"], path)
-        for row in reader:
-            where = f"{path} line {reader.line_num}"
-            if None in row or any(value is None for value in row.values()):
-                raise AnnotationError(f"{where}: expected {len(reader.fieldnames)} fields ({COLUMNS}), got {row}")
-            video_id = row["id"].strip()
-            if not video_id:
-                raise AnnotationError(f"{where}: empty id")
-            descriptions = [part.strip() for part in row["descriptions"].split(";")]
-            videos.append(
-                VideoRecord(
-                    video_id=video_id,
-                    split=split,
-                    captions=[CaptionRecord(text) for text in descriptions if text],
-                    source=f"{path.name} line {reader.line_num}",
-                    extra={column: value for column, value in row.items() if column not in ("id", "descriptions")},
-                )
-            )
-    return videos
+    rows = read_csv_rows(path, ["id", "script", "descriptions"])
+    return [charades_video(row, path, line, split) for line, row in rows]
+
+
+def charades_video(row: dict, path: Path, line: int, split: str) -> VideoRecord:
+    where = f"{path} line {line}"
+    if None in row or any(value is None for value in row.values()):
+        raise AnnotationError(f"{where}: expected {len(COLUMNS)} fields ({COLUMNS}), got {short(row, 200)}")
+    video_id = row["id"].strip()
+    if not video_id:
+        raise AnnotationError(f"{where}: empty id")
+    descriptions = [part.strip() for part in row["descriptions"].split(";")]
+    return VideoRecord(
+        video_id=video_id,
+        split=split,
+        captions=[CaptionRecord(text) for text in descriptions if text],
+        source=f"{path.name} line {line}",
+        extra={column: value for column, value in row.items() if column not in ("id", "descriptions")},
+    )

@@ -2,16 +2,12 @@
 caption` and optionally `split`. Other columns (a native `caption_id`, ...) go to the caption's
 extra. `path` is relative to the video root or absolute; an empty path means "find it by id"."""
 
-import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from pipeline.datasets.files import expect_columns, expect_type
+from pipeline.datasets.files import expect_type, parse_json, read_csv_rows, read_parquet_rows, short, text_lines
 from pipeline.datasets.records import AnnotationError, Annotations, CaptionRecord, VideoRecord
 
 FORMAT = "generic"
@@ -71,37 +67,29 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def read_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        expect_columns(reader.fieldnames, REQUIRED_COLUMNS, path)
-        for row in reader:
-            if None in row:
-                raise AnnotationError(f"{path} line {reader.line_num}: more fields than the header {reader.fieldnames}")
-            yield f"line {reader.line_num}", row
+    for line, row in read_csv_rows(path, REQUIRED_COLUMNS):
+        if None in row:
+            header = [column for column in row if column is not None]
+            raise AnnotationError(f"{path} line {line}: more fields than the header {short(header, 200)}")
+        yield f"line {line}", row
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise AnnotationError(f"{where}: not valid JSON: {error}") from error
-            expect_type(row, dict, where, "an object with video_id, path, caption")
-            missing = [column for column in REQUIRED_COLUMNS if column not in row]
-            if missing:
-                raise AnnotationError(f"{where}: missing key(s) {missing}; expected {REQUIRED_COLUMNS}")
-            yield f"line {number}", row
+    rows = 0
+    for number, line in text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        row = expect_type(parse_json(line, where), dict, where, "an object with video_id, path, caption")
+        missing = [column for column in REQUIRED_COLUMNS if column not in row]
+        if missing:
+            raise AnnotationError(f"{where}: missing key(s) {missing}; expected {REQUIRED_COLUMNS}")
+        rows += 1
+        yield f"line {number}", row
+    if not rows:
+        raise AnnotationError(f"{path}: the file is empty; expected one JSON object per line")
 
 
 def read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    parquet = pq.ParquetFile(path)
-    expect_columns(parquet.schema_arrow.names, REQUIRED_COLUMNS, path)
-    number = 0
-    for batch in parquet.iter_batches():
-        for row in batch.to_pylist():
-            number += 1
-            yield f"row {number}", row
+    for number, row in read_parquet_rows(path, REQUIRED_COLUMNS):
+        yield f"row {number}", row

@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.datasets.files import ReleasedFile, read_released_splits
+from pipeline.datasets.files import ReleasedFile, read_released_splits, text_lines
 from pipeline.datasets.records import (
     AnnotationError,
     Annotations,
@@ -35,21 +35,20 @@ def read(annotations: Path, options: LsmdcOptions) -> Annotations:
 
 def read_split(path: Path, split: str) -> list[VideoRecord]:
     clips: dict[str, VideoRecord] = {}
-    with open(path, encoding="utf-8", newline="") as file:
-        for number, line in enumerate(file, start=1):
-            # Split by hand rather than with csv: sentences hold quotes that must stay as they are.
-            fields = line.rstrip("\r\n").split("\t")
-            if fields == [""]:
-                continue
-            if len(fields) != 6:
-                raise AnnotationError(
-                    f"{path} line {number}: expected 6 tab-separated fields (clip_id, {', '.join(TIME_FIELDS)}, "
-                    f"sentence), got {len(fields)}"
-                )
-            clip_id, sentence = fields[0], fields[5]
-            if clip_id not in clips:
-                clips[clip_id] = clip_video(clip_id, split, f"{path.name} line {number}")
-            clips[clip_id].captions.append(CaptionRecord(sentence.strip(), dict(zip(TIME_FIELDS, fields[1:5]))))
+    for number, line in text_lines(path):
+        # Split by hand rather than with csv: sentences hold quotes that must stay as they are.
+        fields = line.rstrip("\r\n").split("\t")
+        if fields == [""]:
+            continue
+        if len(fields) != 6:
+            raise AnnotationError(
+                f"{path} line {number}: expected 6 tab-separated fields (clip_id, {', '.join(TIME_FIELDS)}, "
+                f"sentence), got {len(fields)}"
+            )
+        clip_id, sentence = fields[0], fields[5]
+        if clip_id not in clips:
+            clips[clip_id] = clip_video(clip_id, split, f"{path.name} line {number}")
+        clips[clip_id].captions.append(CaptionRecord(sentence.strip(), dict(zip(TIME_FIELDS, fields[1:5]))))
     return list(clips.values())
 
 

@@ -1,12 +1,24 @@
 """MSR-VTT with the splits the retrieval papers use: train = the 9k (or 7k) list with all its
-JSON captions, test = 1k-A with the single JSFUSION sentence per video (CLIP4Clip, X-Pool)."""
+JSON captions, test = 1k-A with the single JSFUSION sentence per video (CLIP4Clip, X-Pool).
 
-import csv
+MSRVTT_data.json holds every caption, so it is required. The train list and the JSFUSION test
+file are split files: either may be absent (a `missing_split_file` problem), not both."""
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.datasets.files import expect_columns, expect_key, expect_type, load_json, require_folder_file
+from pipeline.datasets.files import (
+    ReleasedFile,
+    expect_key,
+    expect_type,
+    find_split_files_in_folder,
+    folder_of,
+    load_json,
+    read_csv_rows,
+    require_folder_file,
+    short,
+)
 from pipeline.datasets.records import AnnotationError, Annotations, CaptionRecord, VideoRecord
 
 FORMAT = "msrvtt"
@@ -22,17 +34,20 @@ class MsrvttOptions:
 def read(annotations: Path, options: MsrvttOptions) -> Annotations:
     if options.train_list not in ("9k", "7k"):
         raise AnnotationError(f"msrvtt: train_list must be '9k' or '7k', got {options.train_list!r}")
-    data_path = require_folder_file(FORMAT, annotations, DATA_FILE)
-    train_path = require_folder_file(FORMAT, annotations, f"MSRVTT_train.{options.train_list}.csv")
-    test_path = require_folder_file(FORMAT, annotations, TEST_FILE)
+    folder = folder_of(FORMAT, annotations)
+    data_path = require_folder_file(FORMAT, folder, DATA_FILE)
+    released = [ReleasedFile(f"MSRVTT_train.{options.train_list}.csv", "train"), ReleasedFile(TEST_FILE, "test")]
+    split_files = find_split_files_in_folder(FORMAT, folder, released)
     data = expect_type(load_json(data_path), dict, str(data_path), 'an object with "videos" and "sentences"')
     video_extras = read_video_info(data, data_path)
     sentences = read_sentences(data, data_path)
-    train = [
-        train_video(video_id, line, train_path, video_extras, sentences, data_path)
-        for line, video_id in read_train_list(train_path)
-    ]
-    return Annotations(videos=train + read_test(test_path, video_extras))
+    videos = []
+    for spec, path in split_files.found:
+        if spec.split == "train":
+            videos += read_train(path, video_extras, sentences, data_path)
+        else:
+            videos += read_test(path, video_extras)
+    return Annotations(videos, split_files.missing)
 
 
 def read_video_info(data: dict, path: Path) -> dict[str, dict[str, Any]]:
@@ -63,13 +78,19 @@ def read_sentences(data: dict, path: Path) -> dict[str, list[CaptionRecord]]:
     return by_video
 
 
+def read_train(
+    path: Path, video_extras: dict[str, dict[str, Any]], sentences: dict[str, list[CaptionRecord]], data_path: Path
+) -> list[VideoRecord]:
+    """The videos of a train list, each with all its captions from MSRVTT_data.json."""
+    return [
+        train_video(video_id, line, path, video_extras, sentences, data_path)
+        for line, video_id in read_train_list(path)
+    ]
+
+
 def read_train_list(path: Path) -> list[tuple[int, str]]:
     """(line number, video id) for each row of a one-column `video_id` CSV."""
-    with open(path, newline="", encoding="utf-8") as file:
-        rows = list(csv.reader(file))
-    expect_columns(rows[0] if rows else None, ["video_id"], path)
-    column = rows[0].index("video_id")
-    return [(number, row[column].strip()) for number, row in enumerate(rows[1:], start=2) if row]
+    return [(line, (row["video_id"] or "").strip()) for line, row in read_csv_rows(path, ["video_id"])]
 
 
 def train_video(
@@ -94,24 +115,20 @@ def train_video(
 def read_test(path: Path, video_extras: dict[str, dict[str, Any]]) -> list[VideoRecord]:
     """One video per JSFUSION row, its `sentence` the one test caption (key kept as native id)."""
     videos = []
-    with open(path, newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        expect_columns(reader.fieldnames, ["key", "vid_key", "video_id", "sentence"], path)
-        for row in reader:
-            where = f"{path} line {reader.line_num}"
-            if not row["video_id"] or row["sentence"] is None:
-                raise AnnotationError(f"{where}: expected key,vid_key,video_id,sentence, got {row}")
-            caption = CaptionRecord(
-                row["sentence"].strip(), {"key": row["key"], "vid_key": row["vid_key"]}, native_id=("key", row["key"])
+    for line, row in read_csv_rows(path, ["key", "vid_key", "video_id", "sentence"]):
+        if not row["video_id"] or row["sentence"] is None:
+            raise AnnotationError(f"{path} line {line}: expected key,vid_key,video_id,sentence, got {short(row, 200)}")
+        caption = CaptionRecord(
+            row["sentence"].strip(), {"key": row["key"], "vid_key": row["vid_key"]}, native_id=("key", row["key"])
+        )
+        video_id = row["video_id"].strip()
+        videos.append(
+            VideoRecord(
+                video_id=video_id,
+                split="test",
+                captions=[caption],
+                source=f"{path.name} line {line}",
+                extra=video_extras.get(video_id, {}),
             )
-            video_id = row["video_id"].strip()
-            videos.append(
-                VideoRecord(
-                    video_id=video_id,
-                    split="test",
-                    captions=[caption],
-                    source=f"{path.name} line {reader.line_num}",
-                    extra=video_extras.get(video_id, {}),
-                )
-            )
+        )
     return videos

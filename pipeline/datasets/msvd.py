@@ -1,23 +1,33 @@
-"""MSVD (YouTube2Text) with the train/val/test lists the retrieval papers use (CLIP4Clip)."""
+"""MSVD (YouTube2Text) with the train/val/test lists the retrieval papers use (CLIP4Clip).
 
-import pickle
+The captions file (captions_msvd.json, or raw-captions.pkl) holds every caption, so it is
+required. The id lists are split files: any may be absent (a `missing_split_file` problem),
+not all."""
+
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.datasets.files import (
+    ReleasedFile,
     expect_string_list,
     expect_type,
     find_in_folder,
+    find_split_files_in_folder,
     folder_of,
     load_json,
-    require_folder_file,
+    load_pickle,
+    text_lines,
 )
 from pipeline.datasets.records import AnnotationError, Annotations, CaptionRecord, VideoRecord
 
 FORMAT = "msvd"
 JSON_CAPTIONS = "captions_msvd.json"
 PICKLED_CAPTIONS = "raw-captions.pkl"
-SPLIT_LISTS = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}
+SPLIT_LISTS = [
+    ReleasedFile("train_list.txt", "train"),
+    ReleasedFile("val_list.txt", "val"),
+    ReleasedFile("test_list.txt", "test"),
+]
 
 
 @dataclass(frozen=True)
@@ -27,16 +37,20 @@ class MsvdOptions:
 
 
 def read(annotations: Path, options: MsvdOptions) -> Annotations:
-    captions = read_captions(folder_of(FORMAT, annotations), options)
+    folder = folder_of(FORMAT, annotations)
+    split_files = find_split_files_in_folder(FORMAT, folder, SPLIT_LISTS)
+    captions = read_captions(folder, options)
+    return split_files.read(lambda path, split: read_split(path, split, captions))
+
+
+def read_split(path: Path, split: str, captions: dict[str, list[str]]) -> list[VideoRecord]:
     videos = []
-    for split, name in SPLIT_LISTS.items():
-        list_path = require_folder_file(FORMAT, annotations, name)
-        for line, video_id in read_id_list(list_path):
-            if video_id not in captions:
-                raise AnnotationError(f"{list_path} line {line}: {video_id} has no captions in the captions file")
-            records = [CaptionRecord(text) for text in captions[video_id]]
-            videos.append(VideoRecord(video_id, split, records, source=f"{name} line {line}"))
-    return Annotations(videos)
+    for line, video_id in read_id_list(path):
+        if video_id not in captions:
+            raise AnnotationError(f"{path} line {line}: {video_id} has no captions in the captions file")
+        records = [CaptionRecord(text) for text in captions[video_id]]
+        videos.append(VideoRecord(video_id, split, records, source=f"{path.name} line {line}"))
+    return videos
 
 
 def read_captions(folder: Path, options: MsvdOptions) -> dict[str, list[str]]:
@@ -61,8 +75,7 @@ def read_captions(folder: Path, options: MsvdOptions) -> dict[str, list[str]]:
 
 def read_pickled_captions(path: Path) -> dict[str, list[str]]:
     """raw-captions.pkl: video id -> list of token lists; a caption is its tokens joined by spaces."""
-    with open(path, "rb") as file:
-        data = pickle.load(file)  # noqa: S301 - only with the explicit allow_pickle option
+    data = load_pickle(path)  # only reached with the explicit allow_pickle option
     expect_type(data, dict, str(path), "a dict: video id -> list of token lists")
     captions = {}
     for video_id, token_lists in data.items():
@@ -78,5 +91,4 @@ def read_pickled_captions(path: Path) -> dict[str, list[str]]:
 
 def read_id_list(path: Path) -> list[tuple[int, str]]:
     """(line number, id) for each non-blank line."""
-    with open(path, encoding="utf-8") as file:
-        return [(number, line.strip()) for number, line in enumerate(file, start=1) if line.strip()]
+    return [(number, line.strip()) for number, line in text_lines(path) if line.strip()]

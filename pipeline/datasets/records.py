@@ -1,4 +1,5 @@
-"""What a format adapter hands back: videos with their captions, in annotation-file order.
+"""What a format adapter hands back: videos with their captions, in annotation-file order, and
+the problems found while reading (a released split file that is not there).
 
 Adapters only parse; they do not look for video files, deduplicate or sort. `assemble` does
 that once for every format, so every dataset gets the same problem report.
@@ -10,6 +11,15 @@ from typing import Any
 
 class AnnotationError(ValueError):
     """The annotations cannot be read: says which file, which key or line, and what was expected."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One row of the manifest's problems table: something that needs attention, listed by id."""
+
+    problem: str  # missing_video | ambiguous_video | duplicate_video_id | missing_split_file | ...
+    id: str
+    detail: str
 
 
 @dataclass
@@ -44,3 +54,6 @@ class VideoRecord:
 @dataclass
 class Annotations:
     videos: list[VideoRecord]
+    # Found while reading, e.g. a released split file absent from the folder; `assemble` adds
+    # them to the manifest's problems.
+    problems: list[Problem] = field(default_factory=list)

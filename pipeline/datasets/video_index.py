@@ -4,18 +4,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.datasets.records import VideoRecord
+from pipeline.datasets.records import Problem, VideoRecord
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"}
 )
-
-
-@dataclass(frozen=True)
-class Problem:
-    problem: str  # missing_video | ambiguous_video | duplicate_video_id | ...
-    id: str
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -44,7 +37,7 @@ class VideoIndex:
         matches = sorted({path for stem in video.stems() for path in self.by_stem.get(stem, [])})
         if not matches:
             looked_for = " or ".join(f"{stem}.<video extension>" for stem in video.stems())
-            detail = f"no file named {looked_for} under {self.root}"
+            detail = f"no file named {looked_for} under the video root"
             return Resolution(None, (Problem("missing_video", video.video_id, detail),))
         # Deterministic pick: the shallowest, shortest path, then alphabetical.
         chosen = min(matches, key=lambda path: (len(path), path))
@@ -57,10 +50,11 @@ class VideoIndex:
     def _resolve_given(self, video_id: str, given: str) -> Resolution:
         absolute = os.path.normpath(os.path.join(self.root, given))  # join keeps an absolute `given`
         if not self._inside_root(absolute):
-            detail = f"path {given} resolves to {os.path.realpath(absolute)}, outside the video root {self.real_root}"
+            detail = f"path {given} resolves to {os.path.realpath(absolute)}, outside the video root"
             return Resolution(None, (Problem("path_outside_root", video_id, detail),))
         if not os.path.isfile(absolute):
-            return Resolution(None, (Problem("missing_video", video_id, f"path {given}: no file at {absolute}"),))
+            detail = f"path {given}: no such file under the video root"
+            return Resolution(None, (Problem("missing_video", video_id, detail),))
         return Resolution(absolute)
 
     def _checked(self, video_id: str, relative: str) -> Resolution:
@@ -68,7 +62,7 @@ class VideoIndex:
         absolute = os.path.join(self.root, relative)
         if self._inside_root(absolute):
             return Resolution(absolute)
-        detail = f"{relative} resolves to {os.path.realpath(absolute)}, outside the video root {self.real_root}"
+        detail = f"{relative} resolves to {os.path.realpath(absolute)}, outside the video root"
         return Resolution(None, (Problem("path_outside_root", video_id, detail),))
 
     def _inside_root(self, path: str) -> bool:

@@ -107,6 +107,7 @@ def test_stray_and_uncommitted_files_are_found_and_removed(done):
     assert verify(store.root).ok and not os.path.exists(stray)
 
 
+@pytest.mark.leaves_damage
 def test_a_duplicated_item_is_found(done):
     """A part whose rows repeat an item of another shard (and match their own record) breaks
     exactly-once; only the plan shows it."""
@@ -124,6 +125,7 @@ def test_a_duplicated_item_is_found(done):
     assert [f.problem for f in report.findings] == ["items not exactly once: repeated ['v-000']"]
 
 
+@pytest.mark.leaves_damage
 def test_latest_pointing_at_a_partial_version_is_a_finding(done):
     store, _, version = done
     outputs.write_manifest(store, {**outputs.read_manifest(store, "toy", version), "complete": False})
@@ -214,3 +216,23 @@ def test_full_disk_at_commit_stops_the_run(tmp_path, ray_session):
     assert verify(good.root).ok  # what is there is consistent
     assert run_stage(good, TOY, ToyConfig(), inputs, RUNNER).items == 6
     assert commit.read_commits(good, "toy", outputs.latest(good, "toy").version).keys() == {0, 1}
+
+
+def test_two_drivers_at_once_one_computes_the_other_stops(tmp_path, ray_session):
+    store = Store.open(str(tmp_path / "out"))
+    inputs = toy_inputs(store, 8, slow=set(range(8)))
+    runner = RunnerConfig(rows_per_shard=2, max_workers=1, progress=False)
+    first: dict = {}
+    driver = threading.Thread(target=lambda: first.update(result=run_stage(store, TOY, ToyConfig(), inputs, runner)))
+    driver.start()
+    version = stage_version(TOY, ToyConfig(), inputs)
+    deadline = time.monotonic() + 60
+    while not store.exists("toy", version, "_lease.json"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(LeaseHeldError, match="is being written by"):
+        run_stage(store, TOY, ToyConfig(), inputs, runner)
+    driver.join()
+    assert first["result"].items == 8 and not first["result"].up_to_date
+    assert verify(store.root).ok
+    assert outputs.read_manifest(store, "toy", version)["complete"]
