@@ -172,15 +172,19 @@ def run_stage(
         computed = 0
         with tqdm(total=sum(t.num_rows for _, t in shards), unit="item", desc=stage.name,
                   disable=not runner.progress) as bar:
-            for summary in _execute(job, shards, runner):
-                if summary["write_error"]:
-                    raise _stopped(store, output, manifest, committed, summary["write_error"])
-                lease.ensure_held()
-                try:
-                    record = commit_shard(store, stage.name, version, summary["shard"],
-                                          json.loads(summary["files"]), summary["seconds"])
-                except StorageError as exc:
-                    raise _stopped(store, output, manifest, committed, str(exc)) from exc
+            summaries = _execute(job, shards, runner)
+            for summary in summaries:
+                error = summary["write_error"]
+                if not error:
+                    lease.ensure_held()
+                    try:
+                        record = commit_shard(store, stage.name, version, summary["shard"],
+                                              json.loads(summary["files"]), summary["seconds"])
+                    except StorageError as exc:
+                        error = str(exc)
+                if error:
+                    summaries.close()  # stop Ray Data first, so no worker stages more parts after the cleanup
+                    raise _stopped(store, output, manifest, committed, error)
                 committed[summary["shard"]] = record
                 computed += record["items"]
                 bar.update(record["items"])
@@ -222,7 +226,7 @@ def _stopped(store: Store, output: StageOutput, manifest: dict, committed: dict,
         pass
     return OutputWriteError(
         f"{error}; stopped {output.stage} {output.version} with {len(committed)} of {manifest['num_shards']} "
-        f"shards committed (they are kept: fix the storage and rerun to finish)")
+        f"shards committed (committed shards are kept: fix the storage and rerun to finish)")
 
 
 def _plan(stage: Stage, version: str, identity: dict, num_items: int, rows_per_shard: int) -> dict:

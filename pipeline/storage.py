@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -24,10 +25,16 @@ class StorageError(RuntimeError):
     """Writing to the output folder failed; the message names the path and the system's reason."""
 
     def __init__(self, path: str, cause: BaseException):
-        reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        reason = _errno_text(getattr(cause, "strerror", None) or str(cause)) or type(cause).__name__
         super().__init__(f"cannot write {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+def _errno_text(message: str) -> str:
+    """pyarrow's OSErrors carry no errno attribute, only "... [errno 28] No space left on device"."""
+    found = re.search(r"\[errno (\d+)\]", message)
+    return os.strerror(int(found.group(1))) if found else message
 
 
 @dataclass(frozen=True)
