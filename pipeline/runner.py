@@ -169,26 +169,7 @@ def run_stage(
         shards = [(s, items.slice(s * size, size)) for s in pending]
         ensure_ray(runner.address)  # before the clock starts: Ray's start-up is per run, not per item
         started = time.perf_counter()
-        computed = 0
-        with tqdm(total=sum(t.num_rows for _, t in shards), unit="item", desc=stage.name,
-                  disable=not runner.progress) as bar:
-            summaries = _execute(job, shards, runner)
-            for summary in summaries:
-                error = summary["write_error"]
-                if not error:
-                    lease.ensure_held()
-                    try:
-                        record = commit_shard(store, stage.name, version, summary["shard"],
-                                              json.loads(summary["files"]), summary["seconds"])
-                    except StorageError as exc:
-                        error = str(exc)
-                if error:
-                    summaries.close()  # stop Ray Data first, so no worker stages more parts after the cleanup
-                    raise _stopped(store, output, manifest, committed, error)
-                committed[summary["shard"]] = record
-                computed += record["items"]
-                bar.update(record["items"])
-                bar.set_postfix(failures=sum(r["failures"] for r in committed.values()))
+        computed = _compute_and_commit(job, shards, runner, lease, manifest, committed)
         seconds = time.perf_counter() - started
 
         lease.ensure_held()
@@ -200,6 +181,32 @@ def run_stage(
         write_manifest(store, manifest)
     mark_latest(store, stage.name, version)
     return _result(manifest, computed_items=computed, seconds=seconds, up_to_date=False)
+
+
+def _compute_and_commit(job: "_ShardJob", shards: list[tuple[int, pa.Table]], runner: RunnerConfig, lease: Lease,
+                        manifest: dict, committed: dict[int, dict]) -> int:
+    """Run the pending shards on Ray and commit each as it finishes; returns the items computed."""
+    store, name, version = job.store, job.stage.name, job.version
+    computed = 0
+    with tqdm(total=sum(t.num_rows for _, t in shards), unit="item", desc=name, disable=not runner.progress) as bar:
+        summaries = _execute(job, shards, runner)
+        for summary in summaries:
+            error = summary["write_error"]
+            if not error:
+                lease.ensure_held()
+                try:
+                    record = commit_shard(store, name, version, summary["shard"], json.loads(summary["files"]),
+                                          summary["seconds"])
+                except StorageError as exc:
+                    error = str(exc)
+            if error:
+                summaries.close()  # stop Ray Data first, so no worker stages more parts after the cleanup
+                raise _stopped(store, StageOutput(name, version), manifest, committed, error)
+            committed[summary["shard"]] = record
+            computed += record["items"]
+            bar.update(record["items"])
+            bar.set_postfix(failures=sum(r["failures"] for r in committed.values()))
+    return computed
 
 
 def _up_to_date(store: Store, output: StageOutput, manifest: dict) -> StageResult:
