@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -90,14 +91,27 @@ def publish(store: Store, record: dict[str, Any]) -> bool:
     return True
 
 
+def record_names(store: Store, stage: str, version: str) -> dict[int, str]:
+    """The commit record files of a version by shard number; a half-written temporary (a driver
+    killed mid-write) is no record."""
+    names = {}
+    for name in store.list_files(stage, version, COMMITS_DIR, suffix=".json"):
+        found = RECORD_NAME.fullmatch(name)
+        if found:
+            names[int(found.group(1))] = name
+    return names
+
+
 def read_commits(store: Store, stage: str, version: str) -> dict[int, dict[str, Any]]:
     """Every commit record of a version, by shard number."""
     records = {}
-    for name in store.list_files(stage, version, COMMITS_DIR, suffix=".json"):
+    for shard, name in record_names(store, stage, version).items():
         path = store.path(stage, version, COMMITS_DIR, name)
         try:
             record = json.loads(store.read_bytes(stage, version, COMMITS_DIR, name).decode("utf-8"))
-            records[int(record["shard"])] = record
+            if int(record["shard"]) != shard:
+                raise ValueError(f"it names shard {record['shard']}")
+            records[shard] = record
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DamagedOutputError(f"{path}: damaged commit record ({exc}); {repair_hint(store, stage)}") from exc
     return records
@@ -119,6 +133,7 @@ def recover(store: Store, stage: str, version: str) -> list[int]:
     without a record. Call it only while holding the version's lease. Returns withdrawn shards.
     """
     withdrawn = []
+    store.remove_temporaries(stage, version, COMMITS_DIR)
     records = read_commits(store, stage, version)
     for shard, record in sorted(records.items()):
         if not publish(store, record):
@@ -135,6 +150,9 @@ def recover(store: Store, stage: str, version: str) -> list[int]:
             if name not in committed and name != PLAN_FILE:
                 store.delete(folder, name)
     return withdrawn
+
+
+RECORD_NAME = re.compile(r"part-(\d{5,})\.json")
 
 
 def _record_name(shard: int) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.commit import part_problem, read_plan, withdraw
+from pipeline.commit import part_problem, read_plan, record_names, withdraw
 from pipeline.lease import Lease
 from pipeline.outputs import (
     COMMITS_DIR,
@@ -213,15 +213,16 @@ def _plan_by_shard(store: Store, stage: str, version: str, manifest: dict, repor
 
 def _read_records(store: Store, stage: str, version: str, report: Report, repair: bool) -> dict[int, dict]:
     records = {}
-    for name in store.list_files(stage, version, COMMITS_DIR, suffix=".json"):
+    for shard, name in record_names(store, stage, version).items():
         path = f"{stage}/{version}/{COMMITS_DIR}/{name}"
         try:
             record = json.loads(store.read_bytes(path))
-            records[int(record["shard"])] = record
+            if int(record["shard"]) != shard:
+                raise ValueError(f"it names shard {record['shard']}")
+            records[shard] = record
         except (ValueError, KeyError, TypeError) as exc:
             report.findings.append(Finding(stage, version, path, f"damaged commit record ({exc})"))
             if repair:  # unreadable: its files cannot be trusted either
-                shard = int(name.split("-")[1].split(".")[0])
                 withdraw(store, stage, version, shard)
                 report.repaired.append(f"withdrew shard {shard} of {stage}/{version}; the next run recomputes it")
     return records
@@ -256,8 +257,7 @@ def _difference(schema: pa.Schema, wanted: pa.Schema) -> str:
 
 def _check_strays(store: Store, stage: str, version: str, records: dict, report: Report, repair: bool) -> None:
     allowed = {f"{stage}/{version}/{name}" for name in (MANIFEST_FILE, PLAN_FILE, LEASE_FILE)}
-    allowed |= {f"{stage}/{version}/{COMMITS_DIR}/{name}"
-                for name in store.list_files(stage, version, COMMITS_DIR, suffix=".json")}
+    allowed |= {f"{stage}/{version}/{COMMITS_DIR}/{name}" for name in record_names(store, stage, version).values()}
     allowed |= {file["final"] for record in records.values() for file in record["files"]}
     for folder in (f"{stage}/{version}", failures_dir(stage, version)):
         for path in store.walk_files(folder):

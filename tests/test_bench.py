@@ -21,3 +21,26 @@ def test_decode_benchmark_runs_end_to_end(tmp_path):
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert all(float(c) > 0 for c in cells[1:4] + cells[5:7])
+
+
+def test_soak_runs_small_with_every_fault_and_loses_nothing(tmp_path):
+    # 61 ids in 3-item shards on 2 workers (on any machine): probe takes a few seconds, long enough to
+    # kill workers in and to start driver B at its first commit, so B meets A's lease; keyframes is
+    # quick, and A is killed in it.
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "soak.py"), "--videos", "60", "--pool", "6", "--rows-per-shard", "3",
+         "--workers", "2", "--second-driver-at", "probe:0", "--worker-kills-at", "probe:0.25", "probe:0.5",
+         "--driver-kill-at", "keyframes:0.4", "--data", str(tmp_path / "soak")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "| items (video ids in the CSV) | 61 | 61 |" in out
+    assert "| lost (must be 0) | 0 | 0 |" in out
+    assert "| duplicated (must be 0) | 0 | 0 |" in out
+    assert out.count("SIGKILLed") == 3  # two workers and driver A
+    assert "is being written by" in out
+    assert "resuming, " in out
+    assert "`tvr verify OUT` exited 0" in out
+    assert "**Result: PASS**" in out

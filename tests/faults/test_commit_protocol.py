@@ -236,3 +236,20 @@ def test_two_drivers_at_once_one_computes_the_other_stops(tmp_path, ray_session)
     assert first["result"].items == 8 and not first["result"].up_to_date
     assert verify(store.root).ok
     assert outputs.read_manifest(store, "toy", version)["complete"]
+
+
+def test_a_half_written_commit_record_is_not_a_record(done):
+    """A driver killed inside the record's write leaves `_commits/.tmp-<hex>-part-N.json`: the
+    rerun recomputes that shard, and verify calls the file a stray, not a damaged record."""
+    store, inputs, version = done
+    commit.withdraw(store, "toy", version, 3)
+    outputs.write_manifest(store, {**outputs.read_manifest(store, "toy", version), "complete": False})
+    store.delete("toy", "LATEST")  # the version never completed
+    temporary = store.path("toy", version, "_commits", ".tmp-26aa5452-part-00003.json")
+    open(temporary, "wb").close()
+    report = verify(store.root)
+    assert [(f.path, f.problem) for f in report.findings] == [
+        (f"toy/{version}/_commits/.tmp-26aa5452-part-00003.json", "not committed (a stray file)")]
+    rerun = run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
+    assert rerun.computed_items == 1 and not os.path.exists(temporary)
+    assert verify(store.root).ok
