@@ -124,7 +124,7 @@ class Lease:
                     "taking it over", self.what, holder.get("owner"), age)
         # A rename is atomic where it matters (local disks): of two drivers taking over at once,
         # one moves the expired lease aside and the other finds it gone and retries creating.
-        stale = f"{self.parts[0]}/{self.parts[1]}/.expired-{uuid.uuid4().hex[:8]}-{LEASE_FILE}"
+        stale = f"{self.parts[0]}/{self.parts[1]}/.tmp-expired-{uuid.uuid4().hex[:8]}-{LEASE_FILE}"
         try:
             self.store.move("/".join(self.parts), stale)
         except (StorageError, FileNotFoundError, OSError):

@@ -149,6 +149,8 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path, clip_pool, ray_sessio
     assert main(["run", str(config), "--stages", "probe"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "_manifest.json is damaged" in err and "--repair" in err
+    with pytest.raises(DamagedOutputError):  # --debug: the traceback instead of the one line
+        main(["run", str(config), "--stages", "probe", "--debug"])
     assert main(["verify", str(out), "--repair"]) == 0
     assert main(["run", str(config), "--stages", "probe"]) == 0
     # run on the existing manifest, without the annotations
