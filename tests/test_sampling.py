@@ -200,9 +200,35 @@ def test_disparity_respects_min_gap():
 
 
 def test_disparity_short_video_repeats():
-    selection = choose_frames(Disparity(num_frames=8), cfr(3), "v", scenes_reader(3, []))
+    no_gap = Disparity(num_frames=8, min_gap_seconds=0)
+    selection = choose_frames(no_gap, cfr(3), "v", scenes_reader(3, []))
     assert selection.indices == [0, 0, 0, 1, 1, 2, 2, 2]
     assert selection.repeated
+    # Three frames 1/25 s apart hold one frame 0.5 s from every other: it repeats, no gap is broken.
+    assert choose_frames(Disparity(num_frames=8), cfr(3), "v", scenes_reader(3, [])).indices == [0] * 8
+
+
+def _gaps(indices: list[int], timestamps: np.ndarray) -> list[float]:
+    times = sorted(set(float(timestamps[i]) for i in indices))
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+@pytest.mark.parametrize("cuts", [[], [23, 24, 25, 26], [3, 61, 62, 63, 97]])
+def test_disparity_fill_in_frames_honour_the_gap(cuts):
+    """Uniform fill-in frames used to land next to change points (0.04 s apart on a real clip)."""
+    timestamps = np.arange(100) / 25  # 4 s at 25 fps
+    strategy = Disparity(num_frames=6, candidate_fps=5.0, min_gap_seconds=0.5)
+    selection = choose_frames(strategy, timestamps, "v", scenes_reader(100, cuts))
+    assert len(selection.indices) == 6 and len(set(selection.indices)) == 6  # 4 s holds 6 frames 0.5 s apart
+    assert min(_gaps(selection.indices, timestamps)) >= 0.5 - 1e-9
+
+
+def test_disparity_too_short_for_the_gap_repeats_instead():
+    timestamps = np.arange(30) / 25  # 1.2 s: at most 3 frames 0.5 s apart
+    selection = choose_frames(Disparity(num_frames=8, min_gap_seconds=0.5), timestamps, "v",
+                              scenes_reader(30, [10, 11, 12]))
+    assert len(selection.indices) == 8 and selection.repeated
+    assert len(set(selection.indices)) == 3 and min(_gaps(selection.indices, timestamps)) >= 0.5 - 1e-9
 
 
 def test_disparity_needs_frames():

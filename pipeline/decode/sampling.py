@@ -179,25 +179,42 @@ def _at_rate(timestamps: np.ndarray, rate: float) -> list[int]:
 
 
 def _disparity(sampling: Disparity, timestamps: np.ndarray, read_gray: ReadGray) -> list[int]:
+    """Change points first, then uniform frames, then the frames farthest from those picked, every
+    one at least `min_gap_seconds` from every other. A video too short for N frames that far apart
+    repeats the ones it has (`repeated_frames`) rather than break the gap."""
     n, frame_count = sampling.num_frames, len(timestamps)
-    if frame_count <= n:
-        return segment_centres(frame_count, n)  # every frame, repeated to N
-    candidates = sorted(set(_at_rate(timestamps, sampling.candidate_fps)))
-    grey = np.asarray(read_gray(candidates), dtype=np.float32)
-    change = np.abs(np.diff(grey, axis=0)).mean(axis=(1, 2))
-    scores = np.concatenate([[np.inf], change])  # the first frame is always kept
+    gap = sampling.min_gap_seconds - _TIME_SLACK
     chosen: list[int] = []
-    for c in np.argsort(-scores, kind="stable"):
-        if len(chosen) == n or scores[c] == 0:  # an unchanged frame is no change point
-            break
-        t = timestamps[candidates[c]]
-        if all(abs(t - timestamps[i]) >= sampling.min_gap_seconds for i in chosen):
-            chosen.append(candidates[c])
-    # Too few change points far enough apart: fill from the uniform frames. With F > N the N
-    # centres are distinct, so this always reaches N.
+
+    def far_enough(i: int) -> bool:
+        return i not in chosen and all(abs(timestamps[i] - timestamps[j]) >= gap for j in chosen)
+
+    if frame_count > n:
+        candidates = sorted(set(_at_rate(timestamps, sampling.candidate_fps)))
+        grey = np.asarray(read_gray(candidates), dtype=np.float32)
+        change = np.abs(np.diff(grey, axis=0)).mean(axis=(1, 2))
+        scores = np.concatenate([[np.inf], change])  # the first frame is always kept
+        for c in np.argsort(-scores, kind="stable"):
+            if len(chosen) == n or scores[c] == 0:  # an unchanged frame is no change point
+                break
+            if far_enough(candidates[c]):
+                chosen.append(candidates[c])
     for i in segment_centres(frame_count, n):
-        if len(chosen) == n:
-            break
-        if i not in chosen:
+        if len(chosen) < n and far_enough(i):
             chosen.append(i)
-    return chosen
+    _add_farthest(chosen, timestamps, n, gap)
+    distinct = sorted(chosen)
+    return [distinct[i] for i in segment_centres(len(distinct), n)]
+
+
+def _add_farthest(chosen: list[int], timestamps: np.ndarray, n: int, gap: float) -> None:
+    """Add the frame farthest in time from every chosen one while it is at least `gap` away."""
+    distance = np.full(len(timestamps), np.inf)
+    for i in chosen:
+        distance = np.minimum(distance, np.abs(timestamps - timestamps[i]))
+    while len(chosen) < n:
+        best = int(np.argmax(distance))
+        if distance[best] < max(gap, 1e-9):  # nothing left that far (or any new frame at all)
+            break
+        chosen.append(best)
+        distance = np.minimum(distance, np.abs(timestamps - timestamps[best]))
