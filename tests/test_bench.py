@@ -11,16 +11,16 @@ ROOT = Path(__file__).parents[1]
 def test_decode_benchmark_runs_end_to_end(tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray, not the test session's
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "decode.py"), "--clips", "2", "--seconds", "2",
+        [sys.executable, str(ROOT / "bench" / "decode.py"), "--clips", "2", "--scale", "0.05",
          "--repeat", "1", "--rounds", "1", "--workers", "1", "--data", str(tmp_path)],
         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| 2 s") or line.startswith("| 10 s")]
-    assert len(rows) == 2
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| 2 s", "| 10 s"))]
+    assert len(rows) == 4  # dense and sparse, two GOP lengths each
     for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert all(float(c) > 0 for c in cells[1:4] + cells[5:7])
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        assert len(cells) == 10 and all(float(c) > 0 for c in cells[1:8])
 
 
 def test_soak_runs_small_with_every_fault_and_loses_nothing(tmp_path):

@@ -144,9 +144,9 @@ def test_sources_return_frames_as_stored(rotated_mp4, backend):
 
 
 @pytest.mark.parametrize("clip", ["open_gop_mp4", "bframes_ts", "mpeg4_bframes_avi"])
-def test_files_decord_misreads_go_to_ffmpeg(clip, request):
+def test_files_decord_misreads_go_to_the_other_backends(clip, request):
     """decord returns wrong frames after seeking in these files, silently; its source refuses
-    them, and extract_keyframes falls back to ffmpeg, which reads them right."""
+    them, and extract_keyframes falls back to PyAV (then ffmpeg), which read them right."""
     path = request.getfixturevalue(clip)
     reference = all_frames(path)
     with pytest.raises(VideoError) as caught:
@@ -156,9 +156,9 @@ def test_files_decord_misreads_go_to_ffmpeg(clip, request):
     with open_source(path, "ffmpeg") as source:
         assert source.frame_count == len(reference)
         assert mean_abs_diff(source.read(indices), reference[indices]).max() < 0.5
-    result = extract_keyframes(path, Uniform(num_frames=5), video_id="v", short_side=0)
-    assert result.decoder == "ffmpeg"
-    assert result.note.startswith("decord failed, used ffmpeg")
+    result = extract_keyframes(path, Uniform(num_frames=5), video_id="v", short_side=0, backend="decord")
+    assert result.decoder == "pyav"
+    assert result.note.startswith("decord failed, used pyav")
     assert mean_abs_diff(decode_jpegs(result.jpegs), as_jpeg(reference[result.indices])).max() < 1
 
 
@@ -282,10 +282,10 @@ def _failing_for(broken: set[str]):
     return open_source_or_fail
 
 
-def test_falls_back_from_ffmpeg_to_decord(h264_long_gop, monkeypatch):
-    monkeypatch.setattr(keyframes_module, "open_source", _failing_for({"ffmpeg"}))
+def test_falls_back_from_ffmpeg_in_order(h264_long_gop, monkeypatch):
+    monkeypatch.setattr(keyframes_module, "open_source", _failing_for({"ffmpeg", "pyav"}))
     result = extract_keyframes(h264_long_gop, Uniform(num_frames=3), video_id="v", backend="ffmpeg")
-    assert result.decoder == "decord"
+    assert result.decoder == "decord"  # ffmpeg, then the fallback order: pyav, decord
     assert "ffmpeg exploded" in result.note
 
 
@@ -297,13 +297,13 @@ def test_no_fallback_when_turned_off(h264_long_gop, monkeypatch):
     assert "decord exploded" in caught.value.message
 
 
-def test_both_backends_failing_is_a_decode_error(h264_long_gop, monkeypatch):
-    monkeypatch.setattr(keyframes_module, "open_source", _failing_for({"decord", "ffmpeg"}))
+def test_every_backend_failing_is_a_decode_error(h264_long_gop, monkeypatch):
+    monkeypatch.setattr(keyframes_module, "open_source", _failing_for({"decord", "ffmpeg", "pyav"}))
     with pytest.raises(VideoError) as caught:
         extract_keyframes(h264_long_gop, Uniform(), video_id="v")
     assert caught.value.reason == "decode_error"
-    assert "decord exploded" in caught.value.message
-    assert "ffmpeg exploded" in caught.value.message
+    for backend in ("pyav", "decord", "ffmpeg"):
+        assert f"{backend} exploded" in caught.value.message
 
 
 @pytest.mark.parametrize(

@@ -17,17 +17,18 @@ counted instead of timed).
 
 from __future__ import annotations
 
-import subprocess
-
 import ffmpeg
 import numpy as np
 
+from pipeline.decode.containment import INPUT_OPTIONS
 from pipeline.decode.probe import (
+    DECODE_TIMEOUT_S,
     StreamFrames,
     VideoError,
     ffmpeg_version,
     read_stream_frames,
     require_binary,
+    run_limited,
 )
 from pipeline.decode.sources import Size, distinct_indices, to_gray
 
@@ -43,9 +44,6 @@ MAX_SEGMENTS_PER_PROCESS = 32
 # 110 fail), so a segment keeps at most this many frames; a denser run becomes several
 # segments, each seeking to where the previous one ended.
 MAX_FRAMES_PER_SEGMENT = 50
-
-# Never wait forever on a decoder: a read that takes longer than this is reported as failed.
-DECODE_TIMEOUT_S = 600
 
 
 class FfmpegSource:
@@ -82,10 +80,8 @@ class FfmpegSource:
         self, segments: list[list[int]], width: int, height: int, size: Size | None
     ) -> np.ndarray:
         command = self._command(segments, size)
-        try:
-            done = subprocess.run(command, capture_output=True, timeout=DECODE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise VideoError("decode_error", f"ffmpeg took over {DECODE_TIMEOUT_S} s") from None
+        # Within the video's time limit (extract_keyframes sets it), else DECODE_TIMEOUT_S.
+        done = run_limited(command, DECODE_TIMEOUT_S)
         stderr = done.stderr.decode(errors="replace").strip()
         if done.returncode != 0:
             raise VideoError("decode_error", f"ffmpeg failed: {stderr[-2000:]}")
@@ -120,7 +116,8 @@ class FfmpegSource:
         return stream
 
     def _input(self, **seek):
-        args = {"noautorotate": None, "threads": 1, **seek}
+        # Only the file protocol and self-contained demuxers, whatever the file turns out to be.
+        args = {"noautorotate": None, "threads": 1, **INPUT_OPTIONS, **seek}
         return ffmpeg.input(self._path, **args)[str(self._frames.stream_index)]
 
     def _select_by_count(self, segment: list[int]):

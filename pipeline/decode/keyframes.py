@@ -2,25 +2,40 @@
 
 `extract_keyframes` opens the video with one decoder, chooses frames with a sampling strategy,
 decodes just those (the sources seek), turns them upright, resizes and JPEG-encodes them. When
-the decoder fails on the file it retries the whole video with the other one and says why in
-`note`; when both fail it raises VideoError("decode_error") naming both errors.
+the decoder cannot decode the file it retries the whole video with the others and says why in
+`note`; when all fail it raises VideoError("decode_error") naming each error.
+
+A stored frame is a clean frame. A source raises `DamagedFrames` for frames that decoded with
+errors; that is the data, not the decoder, so no other decoder is tried. The `damaged` policy
+decides: "fail" (the default) fails the video as `damaged_frames`; "nearest_clean" takes, for each
+damaged frame, the nearest frame that decodes clean and records the index actually used (and
+says so in `note`).
 """
 
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
-from pipeline.decode.probe import VideoError
+from pipeline.decode.containment import check_video_file
+from pipeline.decode.probe import DECODE_TIMEOUT_S, TimeLimit, VideoError
 from pipeline.decode.sampling import Sampling, choose_frames
-from pipeline.decode.sources import Backend, FrameSource, open_source, scaled_size
+from pipeline.decode.sources import Backend, DamagedFrames, FrameSource, open_source, scaled_size
 
-_OTHER_BACKEND: dict[str, Backend] = {"decord": "ffmpeg", "ffmpeg": "decord"}
+# With fallback, the chosen backend is tried first, then the others in this order.
+FALLBACK_ORDER: tuple[Backend, ...] = ("pyav", "decord", "ffmpeg")
+
+DamagePolicy = Literal["fail", "nearest_clean"]
+
+# How far (in frames, each side) and in what steps "nearest_clean" looks for a clean frame: close
+# frames first, then further in growing steps, past a damaged GOP into the next one.
+REPLACEMENT_OFFSETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+REPLACEMENT_BATCH = 8
 
 # Disparity compares candidates at this width (grey); enough to see a cut, cheap to decode.
 GRAY_WIDTH = 64
@@ -38,8 +53,8 @@ class Keyframes:
     width: int  # of the stored JPEGs
     height: int
     repeated: bool
-    decoder: str  # backend that produced the frames: "decord" or "ffmpeg"
-    note: str | None  # why the other backend was used, when it was
+    decoder: str  # backend that produced the frames: "pyav", "decord" or "ffmpeg"
+    note: str | None  # why another backend was used, or which damaged frames were replaced
 
 
 def extract_keyframes(
@@ -47,38 +62,47 @@ def extract_keyframes(
     sampling: Sampling,
     *,
     video_id: str,
-    backend: Backend = "decord",
+    backend: Backend = "pyav",
     fallback: bool = True,
     short_side: int = 224,
     jpeg_quality: int = 90,
     rotation: int = 0,
+    video_root: str | None = None,
+    timeout_seconds: float = DECODE_TIMEOUT_S,
+    damaged: DamagePolicy = "fail",
 ) -> Keyframes:
     """Sampled frames of one video. `rotation` is PROBE's (clockwise degrees to upright);
-    `short_side` is the shorter side of the stored frames in pixels (0 keeps the decoded size)."""
+    `short_side` is the shorter side of the stored frames in pixels (0 keeps the decoded size).
+    The file must lie under `video_root` (when given) and be a self-contained container (see
+    `check_video_file`); all decoding of the video shares `timeout_seconds`."""
     _check_arguments(backend, short_side, jpeg_quality, rotation)
-    if not os.path.isfile(path):
-        raise VideoError("missing", f"no such file: {path}")
-    if os.path.getsize(path) == 0:
-        raise VideoError("empty", f"file is 0 bytes: {path}")
-    backends = [backend, _OTHER_BACKEND[backend]] if fallback else [backend]
+    # Before any decoder touches the file; decoders get the real path, so a link changed later cannot redirect them.
+    path = check_video_file(path, video_root).path
+    limit = TimeLimit.start(timeout_seconds, "decoding")
+    backends = [backend, *(b for b in FALLBACK_ORDER if b != backend)] if fallback else [backend]
     errors: list[str] = []
     for name in backends:
         try:
-            keyframes = _extract_with(
-                name, path, sampling, video_id, short_side, jpeg_quality, rotation
-            )
+            with limit.applied():
+                keyframes = _extract_with(
+                    name, path, sampling, video_id, short_side, jpeg_quality, rotation, damaged
+                )
+        except DamagedFrames:
+            raise  # the bytes are damaged, not the decoder: another would decode the same damage
         except Exception as error:  # noqa: BLE001 - any failure of one decoder: try the other
+            if isinstance(error, VideoError) and error.reason == "timeout":
+                raise  # the video's time is used up: another decoder would only run past it too
             errors.append(f"{name}: {_describe(error)}")
             continue
         if errors:
-            keyframes.note = f"{backend} failed, used {name}. {errors[0]}"
+            keyframes.note = " ".join(filter(None, [f"{backend} failed, used {name}. {errors[0]}", keyframes.note]))
         return keyframes
     raise VideoError("decode_error", "; ".join(errors))
 
 
 def _check_arguments(backend: str, short_side: int, jpeg_quality: int, rotation: int) -> None:
-    if backend not in _OTHER_BACKEND:
-        raise ValueError(f"unknown decoder backend {backend!r}; use 'decord' or 'ffmpeg'")
+    if backend not in FALLBACK_ORDER:
+        raise ValueError(f"unknown decoder backend {backend!r}; use one of {', '.join(FALLBACK_ORDER)}")
     if short_side < 0:
         raise ValueError(f"short_side must be >= 0 (0 keeps the size), got {short_side}")
     if not 1 <= jpeg_quality <= 100:
@@ -100,24 +124,110 @@ def _extract_with(
     short_side: int,
     jpeg_quality: int,
     rotation: int,
+    damaged: DamagePolicy = "fail",
 ) -> Keyframes:
     with open_source(path, backend, short_side) as source:
-        read_gray = partial(source.read_gray, size=_gray_size(source))
+        reader = _CleanReader(source, damaged)
+        read_gray = partial(reader.read_gray, size=_gray_size(source))
         selection = choose_frames(sampling, source.timestamps, video_id, read_gray=read_gray)
-        jpegs_by_index, (width, height) = _encode_frames(
-            source, selection.indices, short_side, jpeg_quality, rotation
-        )
-        timestamps = [round(float(source.timestamps[i]), 6) for i in selection.indices]
+        frames = reader.read(selection.indices, size=scaled_size(source.width, source.height, short_side))
+        indices = [frames.used[i] for i in selection.indices]
+        order = np.argsort(indices, kind="stable")
+        indices = [indices[k] for k in order]
+        encoded: dict[int, bytes] = {}  # a repeated frame is encoded once
+        for asked in selection.indices:
+            if asked not in encoded:
+                encoded[asked] = _to_upright_jpeg(frames.pixels[asked], rotation, jpeg_quality)
+        jpegs = [encoded[selection.indices[k]] for k in order]
+        timestamps = [round(float(source.timestamps[i]), 6) for i in indices]
+    width, height = Image.open(io.BytesIO(jpegs[0])).size
     return Keyframes(
-        indices=selection.indices,
+        indices=indices,
         timestamps=timestamps,
-        jpegs=[jpegs_by_index[i] for i in selection.indices],
+        jpegs=jpegs,
         width=width,
         height=height,
-        repeated=selection.repeated,
+        repeated=len(set(indices)) < len(indices),
         decoder=source.name,
-        note=None,
+        note=frames.note(),
     )
+
+
+@dataclass
+class _Frames:
+    pixels: dict[int, np.ndarray]  # asked-for index -> decoded frame
+    used: dict[int, int]  # asked-for index -> index actually decoded (differs when replaced)
+    damage: list[str]
+
+    def note(self) -> str | None:
+        replaced = {a: u for a, u in self.used.items() if a != u}
+        if not replaced:
+            return None
+        pairs = ", ".join(f"{a}->{u}" for a, u in sorted(replaced.items())[:8])
+        return f"damaged frames replaced by the nearest clean ones ({pairs}): {self.damage[0]}"
+
+
+class _CleanReader:
+    """Reads frames through a source under the damage policy, a chunk of frames at a time (which
+    bounds memory when a strategy asks for hundreds of frames)."""
+
+    def __init__(self, source: FrameSource, damaged: DamagePolicy):
+        self.source = source
+        self.damaged = damaged
+
+    def read(self, indices: list[int], size) -> _Frames:
+        frames = _Frames({}, {}, [])
+        distinct = sorted(set(indices))
+        for start in range(0, len(distinct), READ_CHUNK):
+            chunk = distinct[start : start + READ_CHUNK]
+            clean, bad = self._read_clean(chunk, size, frames.damage)
+            for index in chunk:
+                if index in clean:
+                    frames.pixels[index], frames.used[index] = clean[index], index
+            for index in bad:
+                frames.used[index], frames.pixels[index] = self._nearest_clean(index, size, frames.damage)
+        return frames
+
+    def read_gray(self, indices: list[int], size) -> np.ndarray:
+        """Grey candidates for Disparity; a damaged one repeats the clean one before it, so it
+        scores no change and is never chosen for itself."""
+        clean, _ = self._read_clean(sorted(set(indices)), size, [], gray=True)
+        if not clean:
+            raise VideoError("damaged_frames", "every candidate frame decoded with errors")
+        first = clean[min(clean)]
+        out, last = [], first
+        for index in indices:
+            last = clean.get(index, last)
+            out.append(last)
+        return np.stack(out)
+
+    def _read_clean(self, indices: list[int], size, damage: list[str], gray: bool = False):
+        """The frames of `indices` that decode clean, and the damaged ones (raises under "fail")."""
+        read = partial(self.source.read_gray, size=size) if gray else partial(self.source.read, size=size)
+        wanted, bad = list(indices), []
+        while wanted:
+            try:
+                return dict(zip(wanted, read(wanted), strict=True)), bad
+            except DamagedFrames as error:
+                if self.damaged == "fail":
+                    raise
+                damage.append(error.message)
+                newly = [i for i in error.indices if i in wanted] or wanted  # a source that cannot tell which
+                bad += newly
+                wanted = [i for i in wanted if i not in newly]
+        return {}, bad
+
+    def _nearest_clean(self, index: int, size, damage: list[str]) -> tuple[int, np.ndarray]:
+        count = self.source.frame_count
+        candidates = [c for offset in REPLACEMENT_OFFSETS for c in (index - offset, index + offset) if 0 <= c < count]
+        for start in range(0, len(candidates), REPLACEMENT_BATCH):
+            batch = candidates[start : start + REPLACEMENT_BATCH]
+            clean, _ = self._read_clean(batch, size, damage)
+            if clean:
+                nearest = min(clean, key=lambda c: (abs(c - index), c))
+                return nearest, clean[nearest]
+        raise VideoError("damaged_frames", f"frame {index} and every frame tried near it decoded with errors: "
+                                           f"{damage[0] if damage else ''}".rstrip(": "))
 
 
 def _gray_size(source: FrameSource) -> tuple[int, int]:
@@ -125,23 +235,10 @@ def _gray_size(source: FrameSource) -> tuple[int, int]:
     return GRAY_WIDTH, height
 
 
-def _encode_frames(
-    source: FrameSource, indices: list[int], short_side: int, quality: int, rotation: int
-) -> tuple[dict[int, bytes], tuple[int, int]]:
-    """JPEG of each distinct index, decoding a chunk of frames at a time; and their size.
-
-    Frames are scaled by the decoder itself (swscale, bicubic, while it converts to RGB anyway),
-    which costs a fraction of resizing full-size frames afterwards."""
-    distinct = sorted(set(indices))
-    decode_size = scaled_size(source.width, source.height, short_side)
-    jpegs: dict[int, bytes] = {}
-    size = (0, 0)
-    for start in range(0, len(distinct), READ_CHUNK):
-        chunk = distinct[start : start + READ_CHUNK]
-        for index, frame in zip(chunk, source.read(chunk, size=decode_size), strict=True):
-            image = Image.fromarray(np.ascontiguousarray(np.rot90(frame, k=-(rotation // 90))))
-            jpegs[index], size = to_jpeg(image, quality), image.size
-    return jpegs, size
+def _to_upright_jpeg(frame: np.ndarray, rotation: int, quality: int) -> bytes:
+    # Frames come scaled by the decoder itself (swscale, bicubic, while it converts to RGB anyway),
+    # which costs a fraction of resizing full-size frames afterwards.
+    return to_jpeg(Image.fromarray(np.ascontiguousarray(np.rot90(frame, k=-(rotation // 90)))), quality)
 
 
 def to_jpeg(image: Image.Image, quality: int) -> bytes:

@@ -14,15 +14,23 @@ import os
 import re
 import shutil
 import subprocess
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-# ffprobe reads headers and the packet list, never decodes; a file that takes longer is broken
-# (e.g. a network mount that hangs), and we would rather report it than stall a worker.
-FFPROBE_TIMEOUT_S = 120
+from pipeline.decode.containment import ALLOWED_FAMILIES, INPUT_OPTIONS, check_video_file
+
+# Default limits (the stages pass `probe.timeout_seconds` and `keyframes.timeout_seconds`).
+# ffprobe reads headers and the packet list, never decodes; one that takes longer is stuck (a
+# network mount that hangs), and we would rather report it than stall a worker.
+PROBE_TIMEOUT_S = 120.0
+# Everything one video's frames take: every ffprobe and ffmpeg process, both backends.
+DECODE_TIMEOUT_S = 600.0
 
 # Demuxers without a frame index (MPEG transport and program streams, raw elementary streams):
 # seeking in them lands near, not at, a keyframe, and decoders then drop frames.
@@ -34,8 +42,9 @@ _TRUNCATION_MESSAGES = ("partial file", "ended prematurely", "truncated")
 
 class VideoError(Exception):
     """A video that cannot be used. `reason` is one of the FAILURES codes (missing, empty,
-    truncated, no_video_stream, unsupported_codec, corrupt, decode_error); `message` is for
-    people."""
+    truncated, no_video_stream, unsupported_codec, corrupt, decode_error, outside_root,
+    not_a_file, unreadable, unsupported_container, timeout; see docs/decoding.md); `message` is
+    for people."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(f"{reason}: {message}")
@@ -97,16 +106,88 @@ def ffmpeg_version() -> str:
     return out.stdout.splitlines()[0].strip()
 
 
+# ---- time limits --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimeLimit:
+    """A time budget for one video's work: every ffprobe and ffmpeg process run while it is
+    applied is killed when it runs out. Work that ends after it (in-process decoders such as
+    decord cannot be stopped) fails as `timeout` too, so a video is never stored late, and work
+    started after it fails at once."""
+
+    seconds: float
+    what: str  # what is limited, for the message: "ffprobe", "decoding"
+    ends: float  # time.monotonic() at which it runs out
+
+    @classmethod
+    def start(cls, seconds: float, what: str) -> TimeLimit:
+        if not seconds > 0:
+            raise ValueError(f"a time limit must be > 0 seconds, got {seconds}")
+        return cls(seconds, what, time.monotonic() + seconds)
+
+    def left(self) -> float:
+        return self.ends - time.monotonic()
+
+    def expired(self) -> VideoError:
+        return VideoError("timeout", f"{self.what} took longer than its {self.seconds:g} s time limit")
+
+    @contextmanager
+    def applied(self):
+        if self.left() <= 0:
+            raise self.expired()
+        token = _LIMIT.set(self)
+        try:
+            yield
+        finally:
+            _LIMIT.reset(token)
+        if self.left() <= 0:
+            raise self.expired()
+
+
+# The limit applied to the video being worked on. A context variable rather than an argument so
+# that it reaches every ffprobe and ffmpeg process of one video (the ffmpeg source runs ffprobe
+# when it opens a file, then decodes in several processes) through the decoders' common interface.
+_LIMIT: ContextVar[TimeLimit | None] = ContextVar("video_time_limit", default=None)
+
+
+def time_limit(seconds: float, what: str):
+    """`with time_limit(30, "ffprobe"):` applies a fresh TimeLimit."""
+    return TimeLimit.start(seconds, what).applied()
+
+
+def run_limited(command: list[str], default_seconds: float, *, text: bool = False) -> subprocess.CompletedProcess:
+    """Run an FFmpeg tool within the enclosing `time_limit` (else `default_seconds`); past it the
+    process is killed and VideoError("timeout") raised."""
+    tool = Path(command[0]).name
+    limit = _LIMIT.get() or TimeLimit.start(default_seconds, tool)
+    left = limit.left()
+    if left <= 0:
+        raise VideoError("timeout", f"{tool} not started: the {limit.seconds:g} s time limit has run out")
+    try:
+        return subprocess.run(command, capture_output=True, text=text, timeout=left)
+    except subprocess.TimeoutExpired:
+        raise VideoError("timeout", f"{tool} did not finish within the {limit.seconds:g} s time limit") from None
+
+
+def input_flags() -> list[str]:
+    """Command-line options for an FFmpeg input: the file protocol only, the allowed demuxers only."""
+    return [flag for key, value in INPUT_OPTIONS.items() for flag in (f"-{key}", value)]
+
+
 # ---- ffprobe ----------------------------------------------------------------------------------
 
 
-def _check_file(path: str) -> int:
-    if not os.path.isfile(path):
-        raise VideoError("missing", f"no such file: {path}")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise VideoError("empty", f"file is 0 bytes: {path}")
-    return size
+def _open_checked(path: str, video_root: str | None) -> tuple[str, int]:
+    """The real path to hand to ffprobe and its size, after the containment check; a file whose
+    first bytes match no known format is not given to ffprobe at all."""
+    checked = check_video_file(path, video_root)
+    if checked.container is None:
+        raise VideoError(
+            "corrupt", f"{path}: its first bytes are no known container's ({ALLOWED_FAMILIES}): not a video file, "
+            "or its header is damaged"
+        )
+    return checked.path, checked.size
 
 
 @dataclass(frozen=True)
@@ -134,12 +215,9 @@ def _run_ffprobe(path: str) -> _Probe:
         require_binary("ffprobe"), "-hide_banner", "-v", "warning", "-select_streams", "v",
         "-show_format", "-show_streams",
         "-show_entries", "packet=stream_index,pts_time,dts_time,duration_time,pos,size,flags",
-        "-of", "json", path,
+        "-of", "json", *input_flags(), path,
     ]  # fmt: skip
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=FFPROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise VideoError("corrupt", f"ffprobe took longer than {FFPROBE_TIMEOUT_S} s") from None
+    done = run_limited(command, PROBE_TIMEOUT_S, text=True)
     stderr = done.stderr.strip()
     if done.returncode != 0:
         raise _classify_open_failure(path, stderr)
@@ -280,16 +358,19 @@ def _fraction(text: str | None) -> float | None:
 
 def read_stream_frames(path: str) -> StreamFrames:
     """The frame list of a file's video stream, for decoding. Unlike `probe_video` this does not
-    judge truncation: a cut file still has the frames before the cut."""
-    _check_file(path)
-    probe = _run_ffprobe(path)
+    judge truncation: a cut file still has the frames before the cut. ffprobe runs within the
+    enclosing `time_limit`, else `PROBE_TIMEOUT_S`."""
+    real, _ = _open_checked(path, None)
+    probe = _run_ffprobe(real)
     return _stream_frames(probe.info, probe.stream, probe.packets)
 
 
-def probe_video(path: str) -> VideoMeta:
-    """Describe one video file, or raise VideoError saying why it cannot be used."""
-    size = _check_file(path)
-    probe = _run_ffprobe(path)
+def probe_video(path: str, *, video_root: str | None = None, timeout_seconds: float = PROBE_TIMEOUT_S) -> VideoMeta:
+    """Describe one video file, or raise VideoError saying why it cannot be used. With
+    `video_root`, a file whose real path lies outside it is refused (`outside_root`)."""
+    real, size = _open_checked(path, video_root)
+    with time_limit(timeout_seconds, "ffprobe"):
+        probe = _run_ffprobe(real)
     _check_complete(probe, size)
     frames = _stream_frames(probe.info, probe.stream, probe.packets)
     duration = _duration(frames.pts, _last_frame_duration(probe.packets))

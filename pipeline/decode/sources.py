@@ -16,12 +16,23 @@ from PIL import Image
 
 from pipeline.decode.probe import UNINDEXED_CONTAINERS, VideoError
 
-Backend = Literal["decord", "ffmpeg"]
+Backend = Literal["decord", "ffmpeg", "pyav"]
 Size = tuple[int, int]  # (width, height)
 
 # decord decodes a batch into one array; at full size keep batches small enough that a 4K
 # video does not need gigabytes.
 _DECORD_BATCH = 16
+
+
+class DamagedFrames(VideoError):
+    """Requested frames that decoded with errors, in themselves or in the frames they are
+    predicted from since the decoder's starting point. Decoders conceal such errors (smeared
+    blocks look like a frame), so a source that detects them raises this instead of returning
+    them; `indices` are the affected requested frame indices, `message` the decoder's words."""
+
+    def __init__(self, indices: list[int], message: str):
+        super().__init__("damaged_frames", message)
+        self.indices = sorted(set(indices))
 
 
 class FrameSource(Protocol):
@@ -59,7 +70,11 @@ def open_source(path: str, backend: Backend, short_side: int = 0) -> FrameSource
         from pipeline.decode.ffmpeg_source import FfmpegSource
 
         return FfmpegSource(path)
-    raise ValueError(f"unknown decoder backend {backend!r}; use 'decord' or 'ffmpeg'")
+    if backend == "pyav":
+        from pipeline.decode.pyav_source import PyavSource
+
+        return PyavSource(path)
+    raise ValueError(f"unknown decoder backend {backend!r}; use 'decord', 'ffmpeg' or 'pyav'")
 
 
 def backend_version(backend: Backend) -> str:
@@ -68,6 +83,10 @@ def backend_version(backend: Backend) -> str:
         import decord
 
         return decord.__version__
+    if backend == "pyav":
+        from pipeline.decode.pyav_source import pyav_version
+
+        return pyav_version()
     from pipeline.decode.probe import ffmpeg_version
 
     return ffmpeg_version()

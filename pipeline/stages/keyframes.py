@@ -16,22 +16,30 @@ import pyarrow as pa
 
 from pipeline.config import bounds
 from pipeline.decode.keyframes import extract_keyframes
-from pipeline.decode.probe import VideoError
+from pipeline.decode.probe import DECODE_TIMEOUT_S, VideoError
 from pipeline.decode.sampling import Sampling, Uniform
 from pipeline.decode.sources import backend_version
 from pipeline.schema import KEYFRAMES
 from pipeline.stage import Failure, Stage
+from pipeline.stages.probe import with_video_root
 
 
 @dataclass
 class KeyframesConfig:
     sampling: Sampling = field(default_factory=Uniform)
-    backend: Literal["decord", "ffmpeg"] = "decord"
-    fallback: bool = True  # try the other backend on a video the chosen one cannot decode
+    # PyAV seeks fastest and checks every frame it takes for decoding errors (BENCHMARKS.md).
+    backend: Literal["pyav", "decord", "ffmpeg"] = "pyav"
+    fallback: bool = True  # try the other backends on a video the chosen one cannot decode
+    # A frame that decoded with errors is never stored: fail the video (`damaged_frames`), or take
+    # the nearest frame that decodes clean and record the index actually used.
+    damaged_frames: Literal["fail", "nearest_clean"] = "fail"
     # Resize so the shorter side has this many pixels; 0 keeps the size.
     short_side: int = field(default=224, metadata=bounds(min=0))
     # libjpeg's scale; PIL clamps anything outside it without a word, so a typo would go unnoticed.
     jpeg_quality: int = field(default=90, metadata=bounds(min=1, max=100))
+    # All decoding of one video (every backend tried); past it the video fails as `timeout`, so a stuck
+    # decoder cannot hold a worker.
+    timeout_seconds: float = field(default=DECODE_TIMEOUT_S, metadata=bounds(above=0))
 
 
 def keyframes_items(config: KeyframesConfig, inputs) -> pa.Table:
@@ -41,7 +49,8 @@ def keyframes_items(config: KeyframesConfig, inputs) -> pa.Table:
     failed = inputs["probe"].failures(columns=["item_id", "reason", "message"])
     failed = failed.rename_columns(["video_id", "probe_reason", "probe_message"])
     # Every manifest video is an item: probed ones are decoded, the rest fail as upstream_failed.
-    return videos.join(probed, "video_id").join(failed, "video_id").combine_chunks()
+    items = videos.join(probed, "video_id").join(failed, "video_id").combine_chunks()
+    return with_video_root(items, inputs["videos"].output.root)
 
 
 def _extract_one(item: dict, config: KeyframesConfig) -> dict | Failure:
@@ -53,6 +62,8 @@ def _extract_one(item: dict, config: KeyframesConfig) -> dict | Failure:
             item["path"], config.sampling, video_id=item["video_id"], backend=config.backend,
             fallback=config.fallback, short_side=config.short_side,
             jpeg_quality=config.jpeg_quality, rotation=item["rotation"] or 0,
+            video_root=item["video_root"], timeout_seconds=config.timeout_seconds,
+            damaged=config.damaged_frames,
         )
     except VideoError as exc:
         return Failure(exc.reason, exc.message)
@@ -75,7 +86,7 @@ def keyframes_setup(config: KeyframesConfig):
 
 
 def _decoder_versions(config: KeyframesConfig) -> dict[str, str]:
-    return {"decoders": "; ".join(f"{b} {backend_version(b)}" for b in ("decord", "ffmpeg"))}
+    return {"decoders": "; ".join(f"{b} {backend_version(b)}" for b in ("decord", "ffmpeg", "pyav"))}
 
 
 STAGE = Stage(
