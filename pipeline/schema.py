@@ -78,8 +78,9 @@ KEYFRAMES = pa.schema(
 )
 
 # Every item a stage could not process, with why. `reason` is a short machine-readable code
-# (missing, empty, truncated, no_video_stream, unsupported_codec, corrupt, decode_error,
-# upstream_failed, error, worker_crashed); `message` is for people.
+# (missing, empty, truncated, no_video_stream, unsupported_codec, corrupt, unsupported_container,
+# outside_root, not_a_file, unreadable, timeout, decode_error, damaged_frames, upstream_failed,
+# error, worker_crashed; docs/decoding.md); `message` is for people.
 FAILURES = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),

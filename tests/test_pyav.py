@@ -15,9 +15,10 @@ from test_decode import all_frames, mean_abs_diff, spread_indices
 
 from pipeline import synth
 from pipeline.decode import open_source
+from pipeline.decode.decoder_log import damage_message, join_whole
 from pipeline.decode.keyframes import extract_keyframes
 from pipeline.decode.probe import VideoError, read_stream_frames
-from pipeline.decode.pyav_source import PyavSource, damage_message, join_whole, plan_passes
+from pipeline.decode.pyav_source import PyavSource, plan_passes
 from pipeline.decode.sampling import Uniform
 from pipeline.decode.sources import DamagedFrames, scaled_size, to_gray
 

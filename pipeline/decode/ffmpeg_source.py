@@ -21,6 +21,7 @@ import ffmpeg
 import numpy as np
 
 from pipeline.decode.containment import INPUT_OPTIONS
+from pipeline.decode.decoder_log import damage_message, decoder_errors, join_whole
 from pipeline.decode.probe import (
     DECODE_TIMEOUT_S,
     StreamFrames,
@@ -30,7 +31,7 @@ from pipeline.decode.probe import (
     require_binary,
     run_limited,
 )
-from pipeline.decode.sources import Size, distinct_indices, to_gray
+from pipeline.decode.sources import DamagedFrames, Size, distinct_indices, to_gray
 
 # Opening one more input (probing the file, starting a decoder) costs about as much as decoding
 # this many 640x360 H.264 frames (measured: ~15 ms against ~0.5 ms a frame, one thread). The
@@ -67,7 +68,7 @@ class FfmpegSource:
             step = MAX_FRAMES_PER_SEGMENT
             segments = [wanted[i : i + step] for i in range(0, len(wanted), step)]
         batches = [
-            self._decode(segments[i : i + MAX_SEGMENTS_PER_PROCESS], width, height, size)
+            self._decode_checked(segments[i : i + MAX_SEGMENTS_PER_PROCESS], width, height, size)
             for i in range(0, len(segments), MAX_SEGMENTS_PER_PROCESS)
         ]
         frames = np.concatenate(batches) if batches else np.empty((0, height, width, 3), np.uint8)
@@ -76,26 +77,40 @@ class FfmpegSource:
     def read_gray(self, indices: list[int], size: Size) -> np.ndarray:
         return to_gray(self.read(indices, size))
 
+    def _decode_checked(self, segments: list[list[int]], width: int, height: int, size: Size | None) -> np.ndarray:
+        """The frames of `segments`, unless the decoder reported errors making them.
+
+        After a seek into an open GOP, H.264 reports the leading pictures' missing references
+        although no wanted frame is harmed; so errors after seeking are confirmed by decoding the
+        same frames from the start, and only errors seen there condemn the frames."""
+        frames, errors = self._decode(segments, width, height, size)
+        if errors and self._frames.seekable and any(segment[0] > 0 for segment in segments):
+            frames, errors = self._decode(segments, width, height, size, may_seek=False)
+        if errors:
+            indices = [i for segment in segments for i in segment]
+            raise DamagedFrames(indices, damage_message(indices, errors))
+        return frames
+
     def _decode(
-        self, segments: list[list[int]], width: int, height: int, size: Size | None
-    ) -> np.ndarray:
-        command = self._command(segments, size)
+        self, segments: list[list[int]], width: int, height: int, size: Size | None, may_seek: bool = True
+    ) -> tuple[np.ndarray, list[str]]:
+        command = self._command(segments, size, may_seek)
         # Within the video's time limit (extract_keyframes sets it), else DECODE_TIMEOUT_S.
         done = run_limited(command, DECODE_TIMEOUT_S)
         stderr = done.stderr.decode(errors="replace").strip()
         if done.returncode != 0:
-            raise VideoError("decode_error", f"ffmpeg failed: {stderr[-2000:]}")
+            raise VideoError("decode_error", join_whole("ffmpeg failed", stderr.splitlines()))
         expected = sum(len(s) for s in segments)
         frame_bytes = width * height * 3
         if len(done.stdout) != expected * frame_bytes:
             got = len(done.stdout) / frame_bytes
-            raise VideoError(
-                "decode_error", f"ffmpeg returned {got:g} of {expected} frames: {stderr[-2000:]}"
-            )
-        return np.frombuffer(done.stdout, np.uint8).reshape(expected, height, width, 3)
+            raise VideoError("decode_error", join_whole(f"ffmpeg returned {got:g} of {expected} frames",
+                                                        stderr.splitlines()))
+        frames = np.frombuffer(done.stdout, np.uint8).reshape(expected, height, width, 3)
+        return frames, decoder_errors(stderr)
 
-    def _command(self, segments: list[list[int]], size: Size | None) -> list[str]:
-        streams = [self._segment_stream(segment, size) for segment in segments]
+    def _command(self, segments: list[list[int]], size: Size | None, may_seek: bool = True) -> list[str]:
+        streams = [self._segment_stream(segment, size, may_seek) for segment in segments]
         joined = streams[0] if len(streams) == 1 else ffmpeg.concat(*streams, v=1, a=0)
         out = joined.filter("setpts", "N").output("pipe:", format="rawvideo", pix_fmt="rgb24")
         # -copyts keeps each frame's own presentation time, which the select windows use;
@@ -106,9 +121,9 @@ class FfmpegSource:
         ]  # fmt: skip
         return [require_binary("ffmpeg"), *global_args, *out.get_args()]
 
-    def _segment_stream(self, segment: list[int], size: Size | None):
+    def _segment_stream(self, segment: list[int], size: Size | None, may_seek: bool = True):
         if self._frames.exact_pts:
-            stream = self._select_by_time(segment)
+            stream = self._select_by_time(segment, may_seek)
         else:
             stream = self._select_by_count(segment)
         if size is not None:
@@ -125,12 +140,12 @@ class FfmpegSource:
         stream = self._input().filter("trim", end_frame=segment[-1] + 1)
         return stream.filter("select", "+".join(f"eq(n,{i})" for i in segment))
 
-    def _select_by_time(self, segment: list[int]):
+    def _select_by_time(self, segment: list[int], may_seek: bool = True):
         """Seek to just before the segment; keep frames by their presentation times."""
         pts = self._frames.pts
         windows = [_window(pts, i) for i in segment]
         seek = windows[0][0] - self._frames.format_start  # -ss counts from the container start
-        if self._frames.seekable and segment[0] > 0 and seek > 0:
+        if may_seek and self._frames.seekable and segment[0] > 0 and seek > 0:
             stream = self._input(ss=f"{seek:.6f}")
         else:
             stream = self._input()

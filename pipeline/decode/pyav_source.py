@@ -23,13 +23,14 @@ nearby, cannot be seen this way.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.decode.decoder_log import damage_message
+from pipeline.decode.decoder_log import one_line as _one_line
 from pipeline.decode.probe import StreamFrames, VideoError, read_stream_frames
 from pipeline.decode.sources import DamagedFrames, Size, distinct_indices, to_gray
 
@@ -46,8 +47,6 @@ SEEK_RETRIES = 2
 # is checked for damage running on from the frames decoded.
 LOOKAHEAD_PACKETS = 25
 
-# DamagedFrames messages keep the decoder's words whole, on one line, up to about this long.
-MESSAGE_LIMIT = 300
 
 
 def pyav_version() -> str:
@@ -497,33 +496,3 @@ def _decoder_log() -> Iterator[list[tuple[int, str, str]]]:
 
 def _error_text(error: Exception) -> str:
     return _one_line(getattr(error, "strerror", None) or str(error))
-
-
-def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def damage_message(indices: list[int], errors: list[str], limit: int = MESSAGE_LIMIT) -> str:
-    """E.g. `frames 130, 131 decoded with errors: h264: error while decoding MB 16 10, bytestream
-    -18; ...`: distinct messages, each whole, as many as fit in about `limit` characters."""
-    shown = ", ".join(map(str, indices[:8])) + (f" and {len(indices) - 8} more" if len(indices) > 8 else "")
-    head = f"frame{'s' if len(indices) > 1 else ''} {shown} decoded with errors"
-    return join_whole(head, errors, limit)
-
-
-def join_whole(head: str, lines: list[str], limit: int = MESSAGE_LIMIT) -> str:
-    """`head: line; line (+N more)` on one line: distinct lines, none cut, within ~`limit`
-    characters (a first line longer than that alone is cut at a word, marked with ...)."""
-    distinct = list(dict.fromkeys(_one_line(line) for line in lines if line.strip()))
-    if not distinct:
-        return head
-    text, taken = f"{head}: ", 0
-    for line in distinct:
-        if taken and len(text) + len(line) + 2 > limit:
-            break
-        text += ("; " if taken else "") + line
-        taken += 1
-    if len(text) > limit and taken == 1:
-        text = text[:limit].rsplit(" ", 1)[0] + " ..."
-    left = len(distinct) - taken
-    return text + (f" (+{left} more)" if left else "")

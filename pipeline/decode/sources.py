@@ -222,7 +222,8 @@ class DecordSource:
             raise VideoError("decode_error", f"not decoding with decord: {reason}")
         self.version = decord.__version__
         self.width, self.height, self._rotation = layout.width, layout.height, layout.rotation
-        decord.logging.set_level(decord.logging.QUIET)  # errors surface as exceptions
+        # Error lines are how decoding errors that FFmpeg conceals show (see `_batch`).
+        decord.logging.set_level(decord.logging.ERROR)
         self._decord = decord
         self._path = path
         # decord scales while it converts to RGB, but one reader serves one size: open the size
@@ -277,16 +278,27 @@ class DecordSource:
         return np.ascontiguousarray(np.rot90(frames, k=self._rotation // 90, axes=(1, 2)))
 
     def _batch(self, reader, wanted: list[int], size: Size | None) -> np.ndarray:
-        chunks = [
-            reader.get_batch(wanted[i : i + _DECORD_BATCH]).asnumpy()
-            for i in range(0, len(wanted), _DECORD_BATCH)
-        ]
+        chunks = [self._checked_batch(reader, wanted[i : i + _DECORD_BATCH])
+                  for i in range(0, len(wanted), _DECORD_BATCH)]
         if chunks:
             return np.concatenate(chunks)
         width, height = size or (self.width, self.height)
         if self._rotation in (90, 270) and size is None:
             width, height = height, width  # decord's (rotated) shape, turned back by the caller
         return np.empty((0, height, width, 3), np.uint8)
+
+    def _checked_batch(self, reader, indices: list[int]) -> np.ndarray:
+        """decord's frames, unless its FFmpeg logged a decoding error while making them: decord
+        decodes each batch from the keyframe before its frames, so the error may lie in any of them
+        or their references, and the whole batch is reported."""
+        from pipeline.decode.decoder_log import captured_stderr, damage_message, decoder_errors
+
+        with captured_stderr() as lines:
+            frames = reader.get_batch(indices).asnumpy()
+        errors = decoder_errors("\n".join(lines))
+        if errors:
+            raise DamagedFrames(indices, damage_message(indices, errors))
+        return frames
 
     def close(self) -> None:
         self._readers.clear()  # decord frees the file when its reader is collected
