@@ -88,15 +88,20 @@ class InputReader:
         return self._read(failures=True, columns=columns)
 
     def video_table(self, columns: list[str] | None = None) -> pa.Table:
-        """The manifest's videos with `path` made absolute under the video root of this run."""
+        """The manifest's videos for workers: `path` made absolute under this run's video root, the
+        stored `relative_path` beside it, and `video_root` itself (workers refuse files whose real
+        path leaves it)."""
         table = self.table(columns)
         if "path" not in table.column_names:
             return table
         if self.output.root is None:
             raise ValueError(f"{self.output.path} is read without a video root")
         root = self.output.root.rstrip("/")
-        paths = [None if p is None else f"{root}/{p}" for p in table.column("path").to_pylist()]
-        return table.set_column(table.column_names.index("path"), "path", pa.array(paths, pa.string()))
+        relative = table.column("path")
+        absolute = pa.array([None if p is None else f"{root}/{p}" for p in relative.to_pylist()], pa.string())
+        table = table.set_column(table.column_names.index("path"), "path", absolute)
+        return (table.append_column("relative_path", relative)
+                .append_column("video_root", pa.array([root] * table.num_rows, pa.string())))
 
     def _read(self, failures: bool, columns: list[str] | None) -> pa.Table:
         import pyarrow.dataset as ds

@@ -36,7 +36,7 @@ class DamagedFrames(VideoError):
 
 
 class FrameSource(Protocol):
-    name: str  # "decord" or "ffmpeg"
+    name: str  # "pyav", "decord" or "ffmpeg"
     version: str  # decoder version, for provenance
     frame_count: int
     timestamps: np.ndarray  # float64 seconds since the first frame, one per frame

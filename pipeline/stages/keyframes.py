@@ -21,7 +21,6 @@ from pipeline.decode.sampling import Sampling, Uniform
 from pipeline.decode.sources import backend_version
 from pipeline.schema import KEYFRAMES
 from pipeline.stage import Failure, Stage
-from pipeline.stages.probe import with_video_root
 
 
 @dataclass
@@ -49,8 +48,7 @@ def keyframes_items(config: KeyframesConfig, inputs) -> pa.Table:
     failed = inputs["probe"].failures(columns=["item_id", "reason", "message"])
     failed = failed.rename_columns(["video_id", "probe_reason", "probe_message"])
     # Every manifest video is an item: probed ones are decoded, the rest fail as upstream_failed.
-    items = videos.join(probed, "video_id").join(failed, "video_id").combine_chunks()
-    return with_video_root(items, inputs["videos"].output.root)
+    return videos.join(probed, "video_id").join(failed, "video_id").combine_chunks()
 
 
 def _extract_one(item: dict, config: KeyframesConfig) -> dict | Failure:

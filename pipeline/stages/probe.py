@@ -29,15 +29,7 @@ class ProbeConfig:
 
 
 def probe_items(config: ProbeConfig, inputs) -> pa.Table:
-    relative = inputs["videos"].table(columns=["video_id", "path"]).rename_columns(["video_id", "relative_path"])
-    absolute = inputs["videos"].video_table(columns=["video_id", "path"])
-    items = absolute.append_column("relative_path", relative.column("relative_path"))
-    return with_video_root(items, inputs["videos"].output.root)
-
-
-def with_video_root(items: pa.Table, root: str | None) -> pa.Table:
-    """`items` with a `video_root` column: workers refuse files whose real path leaves it."""
-    return items.append_column("video_root", pa.array([root] * items.num_rows, pa.string()))
+    return inputs["videos"].video_table(columns=["video_id", "path"])
 
 
 def _probe_one(item: dict, config: ProbeConfig) -> dict | Failure:

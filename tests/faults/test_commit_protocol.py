@@ -145,7 +145,7 @@ def test_second_driver_stops_naming_the_holder(done):
     assert outputs.read_manifest(store, "toy", other) is None  # the second driver wrote nothing
 
 
-def test_second_driver_waits_then_finds_it_done(done):
+def test_second_driver_waits_for_the_lease(done):
     store, inputs, version = done
     holder = Lease(store, "toy", version + "x")  # any version: the lease, not the data, is tested
     holder.acquire()
