@@ -69,6 +69,31 @@ SCALED_TOLERANCE = {"ffmpeg": 4.5, "decord": 6}
 
 
 @pytest.mark.parametrize("clip", MATRIX)
+def test_pyav_lists_the_frames_ffprobe_lists_in_process(clip, request, monkeypatch):
+    path = request.getfixturevalue(clip)
+    expected = read_stream_frames(path)
+    ffprobe_runs = []
+
+    def counted(path):
+        ffprobe_runs.append(path)
+        return read_stream_frames(path)
+
+    monkeypatch.setattr("pipeline.decode.pyav_source.read_stream_frames", counted)
+    with PyavSource(path) as source:
+        listed = source._frames
+        first, last = source.read([0, source.frame_count - 1])
+    # AVI packets have no stored presentation times, and FFmpeg versions guess them differently.
+    assert len(ffprobe_runs) == (1 if clip.endswith("_avi") else 0)
+    for field in ("stream_index", "width", "height", "exact_pts", "seekable"):
+        assert getattr(listed, field) == getattr(expected, field), field
+    assert listed.format_start == pytest.approx(expected.format_start, abs=1e-6)
+    np.testing.assert_allclose(listed.pts, expected.pts, atol=1e-6)
+    np.testing.assert_array_equal(listed.keyframe, expected.keyframe)
+    reference = all_frames(path)
+    assert mean_abs_diff(np.stack([first, last]), reference[[0, -1]]).max() < 0.5
+
+
+@pytest.mark.parametrize("clip", MATRIX)
 def test_pyav_agrees_with_decord_and_ffmpeg(clip, request):
     path = request.getfixturevalue(clip)
     with open_source(path, "pyav") as source:

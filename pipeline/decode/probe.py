@@ -191,7 +191,7 @@ def _open_checked(path: str, video_root: str | None) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
-class _Packets:
+class Packets:
     pts: np.ndarray  # seconds, in file (decode) order; NaN where the packet has none
     dts: np.ndarray
     duration: np.ndarray  # seconds, NaN where unknown
@@ -204,7 +204,7 @@ class _Packets:
 class _Probe:
     info: dict  # ffprobe's format and (video) streams
     stream: dict  # the video stream we decode
-    packets: _Packets  # that stream's packets
+    packets: Packets  # that stream's packets
     stderr: str  # ffprobe's warnings and errors
 
 
@@ -293,8 +293,8 @@ def _check_decodable(stream: dict, stderr: str) -> None:
         )
 
 
-def _packet_arrays(rows: list[dict]) -> _Packets:
-    return _Packets(
+def _packet_arrays(rows: list[dict]) -> Packets:
+    return Packets(
         pts=np.array([_seconds(r.get("pts_time")) for r in rows], float),
         dts=np.array([_seconds(r.get("dts_time")) for r in rows], float),
         duration=np.array([_seconds(r.get("duration_time")) for r in rows], float),
@@ -318,7 +318,24 @@ def _end_offset(row: dict) -> int:
     return int(pos) + int(size)
 
 
-def _stream_frames(info: dict, stream: dict, packets: _Packets) -> StreamFrames:
+def _stream_frames(info: dict, stream: dict, packets: Packets) -> StreamFrames:
+    rate = _fraction(stream.get("avg_frame_rate")) or _fraction(stream.get("r_frame_rate"))
+    return frames_from_packets(
+        packets,
+        stream_index=int(stream["index"]),
+        width=int(stream.get("width") or 0),
+        height=int(stream.get("height") or 0),
+        format_start=_seconds(info["format"].get("start_time")) if _has_start(info) else 0.0,
+        format_name=info["format"].get("format_name", ""),
+        frame_rate=rate,
+    )
+
+
+def frames_from_packets(
+    packets: Packets, *, stream_index: int, width: int, height: int, format_start: float, format_name: str,
+    frame_rate: float | None,
+) -> StreamFrames:  # fmt: skip
+    """The frame list from a stream's packets in file order (what ffprobe or PyAV's demuxer read)."""
     if not (~packets.discarded).any():
         raise VideoError("corrupt", "the video stream has no frames")
     shown = ~packets.discarded
@@ -327,18 +344,17 @@ def _stream_frames(info: dict, stream: dict, packets: _Packets) -> StreamFrames:
     if not exact:
         # Without presentation times, frame k is shown at the k-th smallest decode time (AVI
         # stores one frame per tick), or at k / rate for raw streams that have neither.
-        rate = _fraction(stream.get("avg_frame_rate")) or _fraction(stream.get("r_frame_rate"))
-        pts = dts if not np.isnan(dts).any() else np.arange(len(pts)) / (rate or 25.0)
+        pts = dts if not np.isnan(dts).any() else np.arange(len(pts)) / (frame_rate or 25.0)
     order = np.argsort(pts, kind="stable")
     return StreamFrames(
-        stream_index=int(stream["index"]),
-        width=int(stream.get("width") or 0),
-        height=int(stream.get("height") or 0),
-        format_start=_seconds(info["format"].get("start_time")) if _has_start(info) else 0.0,
+        stream_index=stream_index,
+        width=width,
+        height=height,
+        format_start=format_start,
         pts=pts[order],
         keyframe=keyframe[order],
         exact_pts=exact,
-        seekable=not set(info["format"].get("format_name", "").split(",")) & UNINDEXED_CONTAINERS,
+        seekable=not set(format_name.split(",")) & UNINDEXED_CONTAINERS,
     )
 
 
@@ -354,6 +370,12 @@ def _fraction(text: str | None) -> float | None:
 
 
 # ---- public ------------------------------------------------------------------------------------
+
+
+def check_readable(path: str) -> None:
+    """The checks `read_stream_frames` makes before any demuxer opens the file (containment, a
+    known container's signature), for readers that list frames themselves."""
+    _open_checked(path, None)
 
 
 def read_stream_frames(path: str) -> StreamFrames:
@@ -409,7 +431,7 @@ def _median_step(pts: np.ndarray) -> float:
     return float(np.median(steps)) if len(steps) else 0.0
 
 
-def _last_frame_duration(packets: _Packets) -> float:
+def _last_frame_duration(packets: Packets) -> float:
     shown = ~packets.discarded
     times = np.where(np.isnan(packets.pts), packets.dts, packets.pts)[shown]
     if len(times) == 0 or np.isnan(times).all():

@@ -31,7 +31,8 @@ import numpy as np
 
 from pipeline.decode.decoder_log import damage_message
 from pipeline.decode.decoder_log import one_line as _one_line
-from pipeline.decode.probe import StreamFrames, VideoError, read_stream_frames
+from pipeline.decode.containment import INPUT_OPTIONS
+from pipeline.decode.probe import Packets, StreamFrames, VideoError, check_readable, frames_from_packets, read_stream_frames
 from pipeline.decode.sources import DamagedFrames, Size, distinct_indices, to_gray
 
 # Seeking (an index look-up, flushing the decoder, demuxing to the keyframe) costs about as much
@@ -46,6 +47,12 @@ SEEK_RETRIES = 2
 # After a pass's last wanted frame, the structure of up to this many following packets of its GOP
 # is checked for damage running on from the frames decoded.
 LOOKAHEAD_PACKETS = 25
+
+# Demuxers whose packets carry stored presentation times, so PyAV's packet list is ffprobe's.
+# For the others (AVI, MPEG-PS, Ogg, ASF) demuxers guess missing times, and FFmpeg versions guess
+# differently (PyAV's FFmpeg 8 gives B-frame AVI packets times the system ffprobe leaves empty):
+# their frame list comes from ffprobe, as for the other backends.
+IN_PROCESS_LISTED = frozenset({"mov", "mp4", "matroska", "webm", "flv", "live_flv", "mpegts"})
 
 
 
@@ -183,16 +190,17 @@ class PyavSource:
 
         self._av = av
         self._path = path
-        self._frames: StreamFrames = read_stream_frames(path)
+        self._container = None
+        self._at_start = False  # the open container has not been read from yet
+        self._frames: StreamFrames = self._list_frames()
         self.version = pyav_version()
         self.frame_count = len(self._frames.pts)
         self.timestamps = np.round(self._frames.timestamps, 6)
         self.width, self.height = self._frames.width, self._frames.height
         self._reformatter = VideoReformatter()
         self._bicubic = Interpolation.BICUBIC  # what the ffmpeg source's scale filter uses
-        self._container = None
-        self._at_start = False  # the open container has not been read from yet
-        self._open()
+        if self._container is None:
+            self._open()
         self._clock = _FrameClock(self._frames.pts, self._stream.time_base)
         # Work done, for tests and benchmarks.
         self.packets_decoded = 0  # sent to the decoder to decode (or skip, if nothing refers to them)
@@ -202,21 +210,44 @@ class PyavSource:
 
     # ---- opening -------------------------------------------------------------------------------
 
+    def _list_frames(self) -> StreamFrames:
+        """The frame list, read by this process's demuxer: the same list as ffprobe's without
+        starting ffprobe (~0.1 s a file, as much as decoding 8 sparse frames of a 2-minute clip).
+        A file the demuxer cannot read to its end goes to ffprobe, which says why it is unusable
+        or lists the frames before the damage."""
+        check_readable(self._path)
+        try:
+            container = self._av.open(self._path, container_options=INPUT_OPTIONS)
+        except self._av.FFmpegError:
+            return read_stream_frames(self._path)
+        try:
+            frames = _demuxed_frames(self._av, container)
+        except (self._av.FFmpegError, _NotListed):
+            container.close()
+            return read_stream_frames(self._path)
+        self._container, self._at_start = container, False
+        self._stream = container.streams[frames.stream_index]
+        self._configure_decoder()
+        return frames
+
     def _open(self) -> None:
         if self._container is not None:
             self._container.close()
         try:
             # Self-contained files only: nothing a playlist lists elsewhere gets opened.
-            self._container = self._av.open(self._path, container_options={"protocol_whitelist": "file"})
+            self._container = self._av.open(self._path, container_options=INPUT_OPTIONS)
         except self._av.FFmpegError as error:
             raise VideoError("decode_error", f"PyAV cannot open the file: {_error_text(error)}") from None
         self._stream = self._container.streams[self._frames.stream_index]
         if self._stream.type != "video":
             raise VideoError("decode_error", f"stream {self._frames.stream_index} is not a video stream for PyAV")
+        self._configure_decoder()
+        self._at_start = True
+
+    def _configure_decoder(self) -> None:
         # One thread: Ray runs one decoder per worker process (frame threads would also add delay).
         self._stream.codec_context.thread_count = 1
         self._stream.codec_context.thread_type = "NONE"
-        self._at_start = True
 
     def _rewind(self) -> None:
         """Back to the first packet. Reopening is exact where seeking to the start is not (MPEG-TS)."""
@@ -492,6 +523,50 @@ def _decoder_log() -> Iterator[list[tuple[int, str, str]]]:
     finally:
         avlog.set_skip_repeated(skip_repeated)
         avlog.set_level(level)
+
+
+class _NotListed(Exception):
+    """The demuxer's view is not one to list frames from; ffprobe decides what the file is."""
+
+
+def _demuxed_frames(av, container) -> StreamFrames:
+    from av.stream import Disposition
+
+    streams = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
+    if not streams or streams[0].codec_context is None:
+        raise _NotListed
+    if not set(container.format.name.split(",")) & IN_PROCESS_LISTED:
+        raise _NotListed
+    stream = streams[0]
+    time_base = float(stream.time_base)
+    pts, dts, duration, keyframe, end_offset, discarded = [], [], [], [], [], []
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue  # the demuxer's end-of-stream marker, not a packet of the file
+        pts.append(np.nan if packet.pts is None else packet.pts * time_base)
+        dts.append(np.nan if packet.dts is None else packet.dts * time_base)
+        duration.append(packet.duration * time_base if packet.duration else np.nan)
+        keyframe.append(packet.is_keyframe)
+        end_offset.append(packet.pos + packet.size if packet.pos is not None and packet.pos >= 0 else -1)
+        discarded.append(packet.is_discard)
+    packets = Packets(
+        pts=np.array(pts, float), dts=np.array(dts, float), duration=np.array(duration, float),
+        keyframe=np.array(keyframe, bool), end_offset=np.array(end_offset, np.int64),
+        discarded=np.array(discarded, bool),
+    )  # fmt: skip
+    if not (~packets.discarded).any():
+        raise _NotListed
+    rate = stream.average_rate or stream.guessed_rate
+    start = container.start_time
+    return frames_from_packets(
+        packets,
+        stream_index=stream.index,
+        width=stream.codec_context.width,
+        height=stream.codec_context.height,
+        format_start=start / av.time_base if start is not None else 0.0,
+        format_name=container.format.name,
+        frame_rate=float(rate) if rate else None,
+    )
 
 
 def _error_text(error: Exception) -> str:
