@@ -29,10 +29,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.decode.containment import INPUT_OPTIONS
 from pipeline.decode.decoder_log import damage_message
 from pipeline.decode.decoder_log import one_line as _one_line
-from pipeline.decode.containment import INPUT_OPTIONS
-from pipeline.decode.probe import Packets, StreamFrames, VideoError, check_readable, frames_from_packets, read_stream_frames
+from pipeline.decode.probe import (
+    Packets,
+    StreamFrames,
+    VideoError,
+    check_readable,
+    frames_from_packets,
+    read_stream_frames,
+)
 from pipeline.decode.sources import DamagedFrames, Size, distinct_indices, to_gray
 
 # Seeking (an index look-up, flushing the decoder, demuxing to the keyframe) costs about as much
