@@ -81,6 +81,9 @@ KINDS = ("intact", *BROKEN_KINDS, "missing file")
 HTML_PAGE = (b"<!DOCTYPE html>\n<html><head><title>403 Forbidden</title></head>\n"
              b"<body><h1>Forbidden</h1><p>You don't have permission to access this resource.</p></body></html>\n")
 
+# The stages under test: the feature stages would need a model, and add nothing to what is soaked.
+STAGES_RUN = ("--stages", "probe", "keyframes")
+
 
 def log(message: str) -> None:
     print(f"[soak {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -385,8 +388,8 @@ class Soak:
 
     def run_faulted(self, triggers: list[Trigger]) -> None:
         """Driver A with the faults in `triggers` (in run order, the driver kill last)."""
-        a = self.driver("driver-A", "run", str(self.config))
-        self.event("driver A started: `tvr run CONFIG`")
+        a = self.driver("driver-A", "run", str(self.config), *STAGES_RUN)
+        self.event("driver A started: `tvr run CONFIG --stages probe keyframes`")
         b: Driver | None = None
         state: dict[str, StageProgress] = {}
         marks: dict[str, float] = {}  # milestones of driver A, seconds since it started
@@ -419,7 +422,7 @@ class Soak:
                         self.event(f"worker pid {pid} `{title}` SIGKILLed ({where})")
                         pending.pop(0)
                 elif trigger.what == "second driver":
-                    b = self.driver("driver-B", "run", str(self.config))
+                    b = self.driver("driver-B", "run", str(self.config), *STAGES_RUN)
                     self.event(f"driver B started on the same config ({where})")
                     pending.pop(0)
                 elif trigger.what == "driver" and (b is None or b.returncode is not None):
@@ -460,8 +463,8 @@ class Soak:
                                  f"(exit {b.returncode}); see {b.log_path}")
 
     def rerun(self) -> None:
-        c = self.driver("rerun", "run", str(self.config))
-        self.event("rerun started: `tvr run CONFIG`")
+        c = self.driver("rerun", "run", str(self.config), *STAGES_RUN)
+        self.event("rerun started: `tvr run CONFIG --stages probe keyframes`")
         rc = c.wait(self.timeout)
         c.kill()  # its Ray shuts down at exit; whatever lingers is ours to end
         text = c.output()

@@ -191,6 +191,10 @@ def _coerce(value: Any, tp: Any, where: str, default: Any = None) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        if isinstance(default, tp) and isinstance(value, Mapping):
+            # A section's default may differ from its class's (keyframes' run settings): keys the
+            # YAML leaves out keep the section's default, not the class's.
+            value = {**to_dict(default), **value}
         return build(tp, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):

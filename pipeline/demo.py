@@ -1,4 +1,5 @@
-"""`tvr demo`: a small generated dataset run through every stage on local Ray, offline.
+"""`tvr demo`: a small generated dataset run through every stage on local Ray, offline, with a
+tiny CLIP built locally (random weights) for the feature stages.
 
 Eight clips that differ in length, resolution, codec, container and frame rate (one variable,
 one rotated, one shorter than the frames asked for), a zero-byte file and a caption whose
@@ -11,8 +12,11 @@ import csv
 from pathlib import Path
 
 from pipeline import synth
+from pipeline.models.tiny import build_tiny_clip
 from pipeline.run import DatasetConfig, RunConfig, run_pipeline
 from pipeline.runner import RunnerConfig
+from pipeline.stages.frame_features import FrameFeaturesConfig
+from pipeline.stages.text_features import TextFeaturesConfig
 
 # name -> (make_clip keyword arguments, caption)
 DEMO_CLIPS = {
@@ -59,16 +63,22 @@ def make_demo_dataset(folder: Path) -> Path:
     return annotations
 
 
-def demo_config(out: Path, workers: int | None = None) -> RunConfig:
+def demo_config(out: Path, workers: int | None = None):
+    """The demo's run config: the generated dataset, small shards, and the tiny local CLIP
+    (random weights) in place of `openai/clip-vit-base-patch32`."""
     data = out / "data"
+    clip = str(out / "models" / "tiny-clip")
     return RunConfig(
         out=str(out),
         dataset=DatasetConfig(format="generic", annotations=str(data / "captions.csv"),
                               videos=str(data / "videos")),
         runner=RunnerConfig(rows_per_shard=2, max_workers=workers),
+        frame_features=FrameFeaturesConfig(model=clip),
+        text_features=TextFeaturesConfig(model=clip),
     )
 
 
 def run_demo(out: Path, workers: int | None = None, report=print):
     make_demo_dataset(out / "data")
+    build_tiny_clip(out / "models" / "tiny-clip")
     return run_pipeline(demo_config(out, workers), report=report)

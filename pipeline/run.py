@@ -8,6 +8,7 @@ whatever LATEST points at, which may come from another config).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,6 @@ from pipeline.manifest import ManifestOutputs, read_dataset_manifest, relative_p
 from pipeline.runner import RunnerConfig, StageResult, run_stage, stage_version
 from pipeline.stage import StageOutput
 from pipeline.stages import STAGES
-from pipeline.stages.keyframes import KeyframesConfig
-from pipeline.stages.probe import ProbeConfig
 from pipeline.storage import Store
 
 
@@ -33,13 +32,16 @@ class DatasetConfig:
     manifest: str = ""
 
 
-@dataclass
-class RunConfig:
-    out: str = "runs/out"
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    runner: RunnerConfig = field(default_factory=RunnerConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    keyframes: KeyframesConfig = field(default_factory=KeyframesConfig)
+# The run's config: where, which dataset, how to run, then one section per stage (its config
+# dataclass, named after it), so a new stage module needs no edit here.
+RunConfig = dataclasses.make_dataclass(
+    "RunConfig",
+    [("out", str, field(default="runs/out")),
+     ("dataset", DatasetConfig, field(default_factory=DatasetConfig)),
+     ("runner", RunnerConfig, field(default_factory=RunnerConfig)),
+     *[(name, stage.config_type, field(default_factory=stage.config_type)) for name, stage in STAGES.items()]],
+)
+RunConfig.__module__ = __name__  # pickled by name (Ray); make_dataclass's own argument is 3.12+
 
 
 def build_and_write_manifest(store: Store, dataset: DatasetConfig) -> tuple[ManifestOutputs, Any]:
@@ -62,7 +64,7 @@ def build_and_write_manifest(store: Store, dataset: DatasetConfig) -> tuple[Mani
     return outputs, manifest
 
 
-def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, report=print) -> list[StageResult]:
+def run_pipeline(cfg, stages: list[str] | None = None, report=print) -> list[StageResult]:
     """Run the selected stages (all by default) in order; returns one result per stage run."""
     unknown = [name for name in stages or [] if name not in STAGES]
     if unknown:
@@ -77,8 +79,11 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, report=print) 
         report(describe_manifest(manifest_outputs, manifest))
     done: dict[str, StageOutput] = manifest_outputs.as_inputs()
     results = []
+    needed = _with_inputs(stages) if stages else set(STAGES)
     for name, stage in STAGES.items():
-        inputs = {needed: done[needed] for needed in stage.inputs}
+        if name not in needed:
+            continue  # neither run nor read: its config (a model on a hub) is never looked at
+        inputs = {input_name: done[input_name] for input_name in stage.inputs}
         stage_config = getattr(cfg, name)
         if stages and name not in stages:
             done[name] = StageOutput(name, stage_version(stage, stage_config, inputs))
@@ -88,6 +93,17 @@ def run_pipeline(cfg: RunConfig, stages: list[str] | None = None, report=print) 
         done[name] = StageOutput(name, result.version)
         results.append(result)
     return results
+
+
+def _with_inputs(stages: list[str]) -> set[str]:
+    """The selected stages and every stage they read, directly or not."""
+    found, waiting = set(), list(stages)
+    while waiting:
+        name = waiting.pop()
+        if name in STAGES and name not in found:
+            found.add(name)
+            waiting.extend(STAGES[name].inputs)
+    return found
 
 
 def describe_manifest(outputs: ManifestOutputs, manifest, shown: int = 20) -> str:

@@ -7,10 +7,14 @@ How a stage runs:
 2. The driver takes the version's lease (`pipeline.lease`): one writer per version.
 3. Its items (sorted by id) are cut into fixed shards of `rows_per_shard`; the plan is recorded
    in `_manifest.json` and `_plan.parquet` on the first attempt and reused by every resume.
-4. Ray Data runs one task (or actor call) per pending shard. The worker processes the shard's
-   items in batches and stages rows and failures (`pipeline.commit`); the driver commits each
-   shard with a small record. A shard staged but not committed (driver killed in between) is
-   simply recomputed, so every item ends up exactly once in rows or failures.
+4. Ray Data streams the pending shards through the stage's steps (`pipeline.workers`): workers
+   read the upstream columns they need, run the steps in batches, and the last step's worker
+   stages the shard's rows and failures (`pipeline.commit`); the driver commits each shard with a
+   small record. A shard staged but not committed (driver killed in between) is simply
+   recomputed, so every item ends up exactly once in rows or failures.
+
+The version hashes the stage config without its run settings (`RunSettings`: workers, GPUs,
+batch and shard sizes, device, dtype), which are recorded in the provenance instead.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from pipeline import config as config_lib
-from pipeline.commit import check_committed, commit_shard, read_commits, recover, stage_shard, write_plan
+from pipeline.commit import check_committed, commit_shard, read_commits, recover, write_plan
 from pipeline.lease import Lease
 from pipeline.outputs import (
     STAGING_DIR,
@@ -39,9 +43,19 @@ from pipeline.outputs import (
     read_manifest,
     write_manifest,
 )
-from pipeline.schema import FAILURES, SCHEMA_VERSION
-from pipeline.stage import BatchFn, Failure, InputReader, Stage, StageOutput
+from pipeline.schema import SCHEMA_VERSION
+from pipeline.stage import InputReader, Stage, StageOutput, run_settings
 from pipeline.storage import StorageError, Store
+from pipeline.workers import (
+    CRASH_RETRIES,
+    PART,
+    ROW,
+    UPSTREAM_FAILURE,
+    ShardJob,
+    build_dataset,
+    isolate,
+    pipelined,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +118,7 @@ def ensure_ray(address: str | None = None) -> None:
     context.enable_progress_bars = False  # ours counts items, not blocks (shards)
     context.print_on_execution_start = False
     # Shards whose worker keeps dying are dropped by Ray Data instead of ending the run; the
-    # runner isolates them. Python exceptions never get there: process_items catches them.
+    # runner isolates them. Python exceptions never get there: `workers.run_step` catches them.
     context.max_errored_blocks = -1
     # Per-dataset chatter ("execution finished", "progress bars disabled") drowns our summary.
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
@@ -118,10 +132,18 @@ def stage_identity(stage: Stage, config: Any, inputs: dict[str, StageOutput]) ->
     return {
         "stage": stage.name,
         "schema_version": SCHEMA_VERSION,
-        "config": config_lib.to_dict(config),
+        "config": _decisive_config(config),
         "inputs": {name: inputs[name].version for name in stage.inputs},
         **stage.identity(config),
     }
+
+
+def _decisive_config(config: Any) -> dict[str, Any]:
+    """The config that decides the rows: all of it but the run settings (`RunSettings`)."""
+    data = config_lib.to_dict(config)
+    if isinstance(data, dict):
+        data.pop("run", None)
+    return data
 
 
 def stage_version(stage: Stage, config: Any, inputs: dict[str, StageOutput]) -> str:
@@ -145,10 +167,13 @@ def run_stage(
         if manifest is not None and manifest.get("complete"):
             return _up_to_date(store, output, manifest)
         readers = {name: InputReader(store, inputs[name]) for name in stage.inputs}
-        items = stage.items(config, readers).sort_by(stage.key)
+        settings = run_settings(config)
+        items = stage.items(config, readers)
         _check_unique(items, stage)
+        items, parts = attach_upstream(stage, items, readers)
+        items = items.sort_by(stage.key)
         if manifest is None:
-            manifest = _plan(stage, version, identity, items.num_rows, runner.rows_per_shard)
+            manifest = _plan(stage, version, identity, items.num_rows, settings.rows_per_shard or runner.rows_per_shard)
             write_plan(store, stage.name, version, items.column(stage.key).combine_chunks(),
                        manifest["rows_per_shard"], manifest)
             write_manifest(store, manifest)
@@ -159,14 +184,15 @@ def run_stage(
             )
         recover(store, stage.name, version)
         committed = read_commits(store, stage.name, version)
-        size = manifest["rows_per_shard"]
+        size = manifest["rows_per_shard"]  # the plan's, whatever the run settings say now
         pending = [s for s in range(manifest["num_shards"]) if s not in committed]
         if committed:
             log.warning("%s %s: resuming, %d of %d shards already committed", stage.name, version,
                         len(committed), manifest["num_shards"])
-        job = _ShardJob(stage, config, store, version,
-                        provenance_metadata({**identity, "version": version}, stage.provenance(config)))
-        shards = [(s, items.slice(s * size, size)) for s in pending]
+        provenance = {**stage.provenance(config), "run": json.dumps(config_lib.to_dict(settings), sort_keys=True)}
+        job = ShardJob(stage, config, settings, stage.output_schema(config), store, version,
+                       provenance_metadata({**identity, "version": version}, provenance), parts)
+        shards = [(s, _to_ipc(items.slice(s * size, size))) for s in pending]
         ensure_ray(runner.address)  # before the clock starts: Ray's start-up is per run, not per item
         started = time.perf_counter()
         computed = _compute_and_commit(job, shards, runner, lease, manifest, committed)
@@ -183,13 +209,14 @@ def run_stage(
     return _result(manifest, computed_items=computed, seconds=seconds, up_to_date=False)
 
 
-def _compute_and_commit(job: "_ShardJob", shards: list[tuple[int, pa.Table]], runner: RunnerConfig, lease: Lease,
+def _compute_and_commit(job: ShardJob, shards: list[tuple[int, bytes]], runner: RunnerConfig, lease: Lease,
                         manifest: dict, committed: dict[int, dict]) -> int:
     """Run the pending shards on Ray and commit each as it finishes; returns the items computed."""
     store, name, version = job.store, job.stage.name, job.version
     computed = 0
-    with tqdm(total=sum(t.num_rows for _, t in shards), unit="item", desc=name, disable=not runner.progress) as bar:
-        summaries = _execute(job, shards, runner)
+    total = manifest["num_items"] - sum(r["items"] for r in committed.values())
+    with tqdm(total=total, unit="item", desc=name, disable=not runner.progress) as bar:
+        summaries = _execute(job, shards, runner, manifest["rows_per_shard"])
         for summary in summaries:
             error = summary["write_error"]
             if not error:
@@ -276,200 +303,84 @@ def _check_unique(items: pa.Table, stage: Stage) -> None:
         raise ValueError(f"{stage.name}: item ids repeat ({stage.key} {repeated}); ids must be unique")
 
 
-# ---- inside the workers ------------------------------------------------------------------------
+# ---- upstream rows and failures ------------------------------------------------------------------
 
 
-@dataclass
-class _ShardJob:
-    stage: Stage
-    config: Any
-    store: Store
-    version: str
-    metadata: dict[str, str]
-
-    def run(self, batch: pa.Table, batch_fn: BatchFn) -> dict[str, list]:
-        out: dict[str, list] = {key: [] for key in ("shard", "files", "seconds", "write_error")}
-        for shard, payload in zip(batch["shard"].to_pylist(), batch["items"].to_pylist()):
-            started = time.perf_counter()
-            items = _from_ipc(payload).to_pylist()
-            rows, failures = process_items(self.stage, batch_fn, items)
-            summary = self.write(shard, rows, failures, time.perf_counter() - started)
-            for key, value in summary.items():
-                out[key].append(value)
-        return out
-
-    def write(self, shard: int, rows: list[dict], failures: list[dict], seconds: float) -> dict:
-        """Stage the shard's parts; a storage error is reported to the driver, not raised.
-
-        Raising would look like a crashed worker to Ray Data, which retries the shard and then
-        isolates it item by item: hours of decoding repeated against a full disk.
-        """
-        try:
-            files = stage_shard(self.store, self.stage.name, self.version, shard,
-                                pa.Table.from_pylist(rows, schema=self.stage.schema),
-                                pa.Table.from_pylist(failures, schema=FAILURES), self.metadata)
-        except StorageError as exc:
-            return {"shard": shard, "files": "[]", "seconds": seconds, "write_error": str(exc)}
-        return {"shard": shard, "files": json.dumps(files), "seconds": seconds, "write_error": None}
+def attach_upstream(stage: Stage, items: pa.Table, readers: dict[str, InputReader]) -> tuple[pa.Table, dict]:
+    """Add to the item table, for each input the stage reads, where each item's upstream row lies
+    (part and row), and why an item has none (`upstream_failed`, with the upstream reason). Only
+    the key column of each upstream part is read here; the workers read the rest."""
+    parts: dict[str, list[str]] = {}
+    reasons: dict[str, dict[str, str]] = {}
+    for name in stage.reads:
+        located, parts[name] = readers[name].locations(stage.key)
+        items = items.join(located.rename_columns([stage.key, PART + name, ROW + name]), stage.key,
+                           join_type="left outer")
+        failed = readers[name].failures(columns=["item_id", "reason", "message"]).to_pylist()
+        reasons[name] = {row["item_id"]: f"{row['reason']}: {row['message']}" for row in failed}
+    if not stage.reads:
+        return items, parts
+    keys = items.column(stage.key).to_pylist()
+    found = {name: items.column(PART + name).is_valid().to_pylist() for name in stage.reads}
+    why = [next((f"{name}: {reasons[name].get(key, 'no row and no failure for this item')}"
+                 for name in stage.reads if not found[name][i]), None) for i, key in enumerate(keys)]
+    return items.append_column(UPSTREAM_FAILURE, pa.array(why, pa.string())), parts
 
 
-def process_items(stage: Stage, batch_fn: BatchFn, items: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Run `batch_fn` over items in batches; an exception costs only the item that raised it."""
-    rows, failures = [], []
-    for start in range(0, len(items), stage.batch_size):
-        chunk = items[start : start + stage.batch_size]
-        for item, result in zip(chunk, _call_isolating_errors(stage, batch_fn, chunk)):
-            if isinstance(result, Failure):
-                failures.append(_failure_row(stage, item, result))
-            else:
-                rows.append(result)
-    return rows, failures
+# ---- running the shards on Ray ---------------------------------------------------------------------
 
 
-def _failure_row(stage: Stage, item: dict, failure: Failure) -> dict:
-    return {"item_id": item[stage.key], "stage": stage.name, "reason": failure.reason,
-            "message": failure.message}
-
-
-def _call_isolating_errors(stage: Stage, batch_fn: BatchFn, chunk: list[dict]) -> list:
-    try:
-        results = batch_fn(chunk)
-    except Exception as exc:  # noqa: BLE001 - retried item by item below to find the culprit
-        if len(chunk) == 1:
-            return [Failure("error", f"{type(exc).__name__}: {exc}")]
-        return [r for item in chunk for r in _call_isolating_errors(stage, batch_fn, [item])]
-    if len(results) != len(chunk):
-        raise RuntimeError(
-            f"stage {stage.name} returned {len(results)} results for {len(chunk)} items; "
-            "a batch function must return exactly one row or Failure per item"
-        )
-    return results
-
-
-def _run_shard_task(batch: pa.Table, job: _ShardJob) -> dict[str, list]:
-    return job.run(batch, job.stage.setup(job.config))
-
-
-class _ShardActor:
-    """A long-lived worker for stateful stages: `setup` (model loading) runs once."""
-
-    def __init__(self, job: _ShardJob):
-        self.job = job
-        self.batch_fn = job.stage.setup(job.config)
-
-    def __call__(self, batch: pa.Table) -> dict[str, list]:
-        return self.job.run(batch, self.batch_fn)
-
-
-# A worker process that dies (a decoder segfault, the OOM killer) is retried this often before
-# its shard is re-run one item per process, so the one bad item becomes a failure row.
-CRASH_RETRIES = 2
-
-
-def _execute(job: _ShardJob, shards: list[tuple[int, pa.Table]], runner: RunnerConfig):
-    """Yield one summary per completed shard, in completion order."""
+def _execute(job: ShardJob, shards: list[tuple[int, bytes]], runner: RunnerConfig, rows_per_shard: int):
+    """Yield one summary per completed shard, in completion order; a shard whose workers kept
+    dying is then re-run one item at a time."""
     if not shards:
         return
-    finished = set()
-    for summary in _execute_shards(job, shards, runner):
-        finished.add(summary["shard"])
-        yield summary
-    for shard, table in shards:
-        if shard not in finished:
-            log.warning("%s: shard %d lost its worker %d times; re-running it one item per process",
-                        job.stage.name, shard, CRASH_RETRIES + 1)
-            yield _isolate(job, shard, table)
-
-
-def _isolate(job: _ShardJob, shard: int, table: pa.Table) -> dict:
     import ray
+    from ray.data import DataContext
 
-    started = time.perf_counter()
-    items = table.to_pylist()
-    remote = ray.remote(max_retries=0, num_cpus=job.stage.resources.num_cpus,
-                        num_gpus=job.stage.resources.num_gpus)(_process_one)
-    pending = [remote.remote(job, item) for item in items]
-    rows, failures = [], []
-    for item, ref in zip(items, pending):
-        try:
-            item_rows, item_failures = ray.get(ref)
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
-                ray.exceptions.OutOfMemoryError) as exc:
-            item_rows, item_failures = [], [_failure_row(job.stage, item, Failure(
-                "worker_crashed", f"the worker process died while processing this item: {exc}"))]
-        rows += item_rows
-        failures += item_failures
-    return job.write(shard, rows, failures, time.perf_counter() - started)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if job.settings.num_gpus > gpus:  # Ray Data would wait for them forever
+        raise config_lib.ConfigError(
+            f"config value {job.stage.name}.run.num_gpus={job.settings.num_gpus:g} asks for more GPUs per worker "
+            f"than the Ray cluster has ({gpus:g}); set it to 0 to run on CPUs")
+    DataContext.get_current().set_config("backpressure_policies.enabled", _backpressure_policies(job, runner))
+    finished = set()
+    dataset = build_dataset(job, shards, runner.max_workers, runner.recycle_after_items, rows_per_shard)
+    with warnings.catch_warnings():
+        # Fewer shards than workers (a small run) is fine; Ray Data warns about it.
+        warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
+        for summary in dataset.iter_rows():
+            finished.add(summary["shard"])
+            yield summary
+    for shard, payload in shards:
+        if shard not in finished:
+            log.warning("%s: shard %d lost its worker %d times; re-running it one item at a time",
+                        job.stage.name, shard, CRASH_RETRIES + 1)
+            yield isolate(job, shard, payload)
 
 
-def _process_one(job: _ShardJob, item: dict) -> tuple[list[dict], list[dict]]:
-    return process_items(job.stage, job.stage.setup(job.config), [item])
-
-
-def _backpressure_policies(stage: Stage, runner: RunnerConfig) -> list:
+def _backpressure_policies(job: ShardJob, runner: RunnerConfig) -> list:
     """Ray Data's backpressure policies for a stage run: only the worker cap, when it binds.
 
     Workers write their rows to Parquet themselves and return a few numbers, so there is no
     output queue to hold back, and the policies only start tasks late (measured on 2 cores: 1.55
     of 2 workers busy with Ray Data's defaults, 1.77 with the concurrency cap alone, 1.96 with
-    none). The cap is what enforces `runner.max_workers` for tasks, so it stays when it binds.
+    none). The cap is what enforces the worker count for tasks, so it stays when it binds; a
+    stage whose steps stream between pools keeps Ray Data's defaults, which bound the shards
+    held between steps.
     """
     import ray
+    from ray.data._internal.execution import backpressure_policy
 
-    if runner.max_workers is None or stage.stateful:  # actor pools are sized by their strategy
+    workers = job.settings.workers or runner.max_workers
+    if pipelined(job):
+        return list(backpressure_policy.ENABLED_BACKPRESSURE_POLICIES)
+    if workers is None or any(step.stateful for step in job.stage.steps):  # actor pools are sized by their strategy
         return []
-    unit, need = ("GPU", stage.resources.num_gpus) if stage.resources.num_gpus else ("CPU", stage.resources.num_cpus)
-    if runner.max_workers * need >= ray.cluster_resources().get(unit, 0):
+    unit, need = ("GPU", job.settings.num_gpus) if job.settings.num_gpus else ("CPU", job.settings.num_cpus)
+    if workers * need >= ray.cluster_resources().get(unit, 0):
         return []  # the cluster cannot run more workers than the cap anyway
-    from ray.data._internal.execution.backpressure_policy import ConcurrencyCapBackpressurePolicy
-
-    return [ConcurrencyCapBackpressurePolicy]
-
-
-def _execute_shards(job: _ShardJob, shards: list[tuple[int, pa.Table]], runner: RunnerConfig):
-    import ray
-    from ray.data import DataContext
-
-    DataContext.get_current().set_config(
-        "backpressure_policies.enabled", _backpressure_policies(job.stage, runner))
-    tasks = [{"shard": shard, "items": _to_ipc(table)} for shard, table in shards]
-    dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-    resources = job.stage.resources
-    common: dict[str, Any] = dict(batch_size=1, batch_format="pyarrow", num_cpus=resources.num_cpus)
-    if resources.num_gpus:
-        common["num_gpus"] = resources.num_gpus
-    if resources.memory_gb:
-        common["memory"] = resources.memory_gb * 2**30
-    # Ray Data retries dead workers forever unless told otherwise, and a video that crashes
-    # its decoder would then hang the run. Only `ray_remote_args` can bound retries today
-    # (deprecated in Ray 2.60 with no replacement yet; pyproject keeps Ray below 2.64).
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        if job.stage.stateful:
-            dataset = dataset.map_batches(
-                _ShardActor, fn_constructor_args=(job,),
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=runner.max_workers),
-                max_task_retries=CRASH_RETRIES, **common,
-            )
-        else:
-            shards_per_process = max(1, runner.recycle_after_items // _rows(shards))
-            dataset = dataset.map_batches(
-                _run_shard_task, fn_args=(job,), max_calls=shards_per_process,
-                compute=ray.data.TaskPoolStrategy(size=runner.max_workers),
-                max_retries=CRASH_RETRIES, **common,
-            )
-    with warnings.catch_warnings():
-        # Fewer shards than workers (a small run) is fine; Ray Data warns about it.
-        warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
-        yield from dataset.iter_rows()
-
-
-def _rows(shards: list[tuple[int, pa.Table]]) -> int:
-    return max(1, max(t.num_rows for _, t in shards))
-
-
-def _from_ipc(payload: bytes) -> pa.Table:
-    return pa.ipc.open_stream(payload).read_all()
+    return [backpressure_policy.ConcurrencyCapBackpressurePolicy]
 
 
 def _to_ipc(table: pa.Table) -> bytes:

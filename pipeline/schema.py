@@ -89,3 +89,31 @@ FAILURES = pa.schema(
         pa.field("message", pa.string(), nullable=False),
     ]
 )
+
+
+# Feature widths depend on the model, so these two schemas are built from its dimension.
+def frame_features_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("frame_indices", pa.list_(pa.int64()), nullable=False),  # as in keyframes
+            pa.field("timestamps", pa.list_(pa.float64()), nullable=False),  # seconds
+            pa.field("num_frames", pa.int32(), nullable=False),
+            # [num_frames, dim] projected image embeddings, not normalised
+            pa.field("features", pa.list_(pa.list_(pa.float16(), dim)), nullable=False),
+        ]
+    )
+
+
+def text_features_schema(dim: int, token_width: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("caption_id", pa.string(), nullable=False),
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("features", pa.list_(pa.float16(), dim), nullable=False),  # projected, not normalised
+            # The caption was longer than the model's context: the embedding saw only its start.
+            pa.field("truncated", pa.bool_(), nullable=False),
+            # [n_tokens, token_width] last hidden states of the real tokens; null unless asked for
+            pa.field("token_features", pa.list_(pa.list_(pa.float16(), token_width))),
+        ]
+    )

@@ -8,9 +8,11 @@ else: versions, sharding, parallelism on Ray, atomic commits, resume and provena
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import pyarrow as pa
+
+from pipeline.config import bounds
 
 
 @dataclass(frozen=True)
@@ -21,18 +23,55 @@ class Failure:
     message: str  # for people: what happened, to which file
 
 
-@dataclass(frozen=True)
-class Resources:
-    """What one worker needs; Ray schedules workers by these."""
+@dataclass
+class RunSettings:
+    """How a stage runs, per stage in its config section (`keyframes.run.workers=4`). Not part of
+    the stage's version (moving a stage to a GPU or changing its batch size recomputes nothing);
+    recorded in each Parquet file's provenance instead."""
 
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    memory_gb: float | None = None
+    # Parallel workers of the stage's main step; None: as many as the cluster's CPUs (or GPUs) allow.
+    workers: int | None = field(default=None, metadata=bounds(min=1))
+    num_cpus: float = field(default=1.0, metadata=bounds(above=0))  # per worker
+    # Per worker of the main step; above 0, the stage's steps stream across processes (CPU steps
+    # on CPU workers feeding the GPU workers) instead of running one after the other in one.
+    num_gpus: float = field(default=0.0, metadata=bounds(min=0))
+    memory_gb: float | None = field(default=None, metadata=bounds(above=0))  # per worker, for Ray's scheduler
+    batch_size: int = field(default=8, metadata=bounds(min=1))  # items per call of the main step
+    rows_per_shard: int | None = field(default=None, metadata=bounds(min=1))  # None: runner.rows_per_shard
 
 
-# Called once per batch of items (dicts with the columns of the stage's item table); returns one
-# result per item, in order: a row dict fitting the stage schema, or a Failure.
+@dataclass
+class ModelRunSettings(RunSettings):
+    """Run settings of a stage that runs a model: where, and at what precision."""
+
+    device: str = "auto"  # auto (cuda when there is one), cpu, cuda, cuda:N
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: float16 on cuda, float32 on cpu
+
+
+# Called once per batch of items (dicts); returns one result per item, in order: from the last
+# step a row dict fitting the stage schema, from an earlier one the item to hand on; or a Failure.
 BatchFn = Callable[[list[dict[str, Any]]], list["dict[str, Any] | Failure"]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a stage's work, run by Ray Data over each shard's items in batches.
+
+    `setup(config)` runs once per worker, never on the driver (load models there), and returns
+    the batch function. With `run.num_gpus` above 0 each step runs in its own pool of workers and
+    shards stream from one step to the next, so JPEG decoding on CPU workers overlaps the model
+    on GPU workers; without, a stage's steps run one after the other in the same worker.
+    """
+
+    name: str
+    setup: Callable[[Any], BatchFn]
+    # The step the stage's run settings size: `run.workers` workers with `run.num_cpus` and
+    # `run.num_gpus` each, batches of `run.batch_size`. Other steps take one CPU per worker and a
+    # whole shard per call.
+    main: bool = True
+    # True: workers are long-lived actors that keep what `setup` loaded (models). False: workers
+    # are tasks whose processes are recycled after `runner.recycle_after_items` (decoders leak).
+    stateful: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,22 +95,33 @@ class Stage:
     name: str
     description: str
     key: str  # the item id column, e.g. "video_id"
-    inputs: tuple[str, ...]  # stages whose output decides this stage's rows ("manifest", ...)
-    config_type: type
-    schema: pa.Schema
+    inputs: tuple[str, ...]  # outputs that decide this stage's rows ("videos", "probe", ...)
+    config_type: type  # a dataclass whose `run: RunSettings` field the version leaves out
+    schema: pa.Schema | Callable[[Any], pa.Schema]  # or built from the config (a model's dimension)
     # Builds the light item table (ids, paths, small metadata; never pixels) from the inputs.
     items: Callable[[Any, dict[str, "InputReader"]], pa.Table]
-    # Runs once per worker before any batch (load a model here, never on the driver).
-    setup: Callable[[Any], BatchFn]
-    resources: Resources = field(default_factory=Resources)
-    batch_size: int = 8
-    # True: workers are long-lived actors that keep what `setup` loaded (models).
-    # False: workers are tasks, and processes are recycled (decoders leak memory).
-    stateful: bool = False
+    steps: tuple[Step, ...]
+    # Inputs every item needs a row of (matched on `key`), with the columns of that row the
+    # workers read from the committed part files themselves (the driver holds only where each row
+    # lies). An item without such a row fails as `upstream_failed`, with the upstream reason,
+    # before any step sees it.
+    reads: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Things outside the config that decide the rows (model revision, prompt sha256, ...).
     identity: Callable[[Any], dict[str, Any]] = lambda config: {}
     # Recorded in each Parquet file but not part of the version (decoder versions, ...).
     provenance: Callable[[Any], dict[str, str]] = lambda config: {}
+
+    def output_schema(self, config: Any) -> pa.Schema:
+        return self.schema(config) if callable(self.schema) else self.schema
+
+    @property
+    def main_step(self) -> Step:
+        return next(s for s in self.steps if s.main)
+
+
+def run_settings(config: Any) -> RunSettings:
+    """A stage config's run settings (the class defaults for a config without any)."""
+    return getattr(config, "run", None) or RunSettings()
 
 
 class InputReader:
@@ -102,6 +152,25 @@ class InputReader:
         table = table.set_column(table.column_names.index("path"), "path", absolute)
         return (table.append_column("relative_path", relative)
                 .append_column("video_root", pa.array([root] * table.num_rows, pa.string())))
+
+    def locations(self, key: str) -> tuple[pa.Table, list[str]]:
+        """Where each row lies: a table of `key`, part (an index into the returned list of
+        store-relative part paths) and row within the part. Reads only the key column."""
+        import pyarrow.parquet as pq
+
+        from pipeline.commit import committed_paths, read_commits
+
+        paths = committed_paths(read_commits(self.store, self.output.stage, self.output.version))
+        tables = []
+        for part, path in enumerate(paths):
+            keys = pq.read_table(self.store.path(path), columns=[key], filesystem=self.store.fs).column(key)
+            n = len(keys)
+            tables.append(pa.table({key: keys, "part": pa.array([part] * n, pa.int32()),
+                                    "row": pa.array(range(n), pa.int32())}))
+        if not tables:
+            return pa.table({key: pa.array([], pa.string()), "part": pa.array([], pa.int32()),
+                             "row": pa.array([], pa.int32())}), paths
+        return pa.concat_tables(tables), paths
 
     def _read(self, failures: bool, columns: list[str] | None) -> pa.Table:
         import pyarrow.dataset as ds

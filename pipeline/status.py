@@ -115,7 +115,7 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
-_ROW = "{:<12} {:<13} {:<11} {:>9} {:>7} {:>7} {:>8}  {}"
+_ROW = "{:<14} {:<13} {:<11} {:>9} {:>7} {:>7} {:>8}  {}"
 
 
 def render(statuses: list[VersionStatus]) -> str:

@@ -232,11 +232,13 @@ def _expected_schema(stage: str, records: dict[int, dict], store: Store) -> pa.S
     from pipeline.manifest import TABLES
     from pipeline.stages import STAGES
 
-    if stage in STAGES:
+    if stage in STAGES and not callable(STAGES[stage].schema):
         return STAGES[stage].schema
     if stage in TABLES:
         return TABLES[stage][0]
-    for record in records.values():  # a stage this package does not know: its parts must agree
+    # A schema that follows from the config (a model's dimension), or a stage this package does
+    # not know: the parts must agree with each other.
+    for record in records.values():
         try:
             return pq.read_schema(store.path(record["files"][0]["final"]), filesystem=store.fs)
         except (OSError, pa.ArrowException):

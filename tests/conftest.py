@@ -156,8 +156,10 @@ def ray_session():
     # Workers unpickle test-defined stages by module name: let them import from tests/.
     here = os.path.dirname(__file__)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
-    # At least two CPUs, so that tests can see workers run side by side on any machine.
-    ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False)
+    # At least two CPUs, so that tests can see workers run side by side on any machine; one
+    # logical GPU, so that stages asking for one schedule their steps as on a GPU node (the
+    # steps themselves run on the CPU).
+    ray.init(num_cpus=max(2, os.cpu_count() or 1), num_gpus=1, include_dashboard=False)
     ensure_ray()
     yield
     ray.shutdown()

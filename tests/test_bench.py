@@ -44,3 +44,17 @@ def test_soak_runs_small_with_every_fault_and_loses_nothing(tmp_path):
     assert "resuming, " in out
     assert "`tvr verify OUT` exited 0" in out
     assert "**Result: PASS**" in out
+
+
+def test_features_benchmark_runs_end_to_end(tmp_path):
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "features.py"), "--videos", "2", "--rounds", "1", "--arch", "tiny",
+         "--threads", "1", "--data", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip().strip("|").split("|")]
+    assert len(cells) == 5 and all(float(c) > 0 for c in cells[:3])

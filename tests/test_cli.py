@@ -7,12 +7,14 @@ import json
 from contextlib import redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
 from pipeline.cli import main
 from pipeline.demo import DEMO_CLIPS
+from pipeline.stages import STAGES
 from pipeline.status import collect
 
 
@@ -64,14 +66,14 @@ def test_status_is_accurate(demo_out):
     code, printed = _tvr("status", str(demo_out))
     assert code == 0
     statuses = {s.stage: s for s in collect(str(demo_out))}
-    assert set(statuses) == {"manifest", "videos", "captions", "probe", "keyframes"}
+    assert set(statuses) == {"manifest", "videos", "captions", *STAGES}
     for stage in ("probe", "keyframes"):
         s = statuses[stage]
         rows = ds.dataset(demo_out / stage / s.version, format="parquet").count_rows()
         fails = ds.dataset(demo_out / "failures" / stage / s.version, format="parquet").count_rows()
         assert (s.rows, s.failures, s.items) == (rows, fails, rows + fails)
         assert s.complete and s.latest and s.shards_committed == s.shards_planned == 5
-        assert f"{stage:<12} {s.version}" in printed
+        assert f"{stage:<14} {s.version}" in printed
     assert (statuses["videos"].items, statuses["videos"].rows) == (10, 10)
     assert (statuses["captions"].items, statuses["captions"].rows) == (10, 10)
     assert statuses["manifest"].rows == 1  # the one problem: a caption whose video is missing
@@ -87,9 +89,25 @@ def test_demo_rerun_recomputes_nothing(demo_out):
     before = json.loads((demo_out / "keyframes" / _latest(demo_out, "keyframes") / "_manifest.json").read_text())
     code, printed = _tvr("demo", "--out", str(demo_out))
     assert code == 0
-    assert printed.count("up to date") == 2, printed
+    assert printed.count("up to date") == len(STAGES), printed
     after = json.loads((demo_out / "keyframes" / _latest(demo_out, "keyframes") / "_manifest.json").read_text())
     assert after == before
+
+
+def test_demo_features_equal_the_model_called_directly(demo_out):
+    from test_features import _direct_image_features
+
+    model = str(demo_out / "models" / "tiny-clip")
+    frames = ds.dataset(demo_out / "keyframes" / _latest(demo_out, "keyframes")).to_table().to_pylist()
+    features = ds.dataset(demo_out / "frame_features" / _latest(demo_out, "frame_features")).to_table()
+    by_id = {r["video_id"]: r for r in features.to_pylist()}
+    assert sorted(by_id) == sorted(DEMO_CLIPS)
+    for row in frames:
+        expected = _direct_image_features(model, row["frames"])
+        np.testing.assert_allclose(np.array(by_id[row["video_id"]]["features"], np.float32), expected,
+                                   rtol=2e-3, atol=2e-3)
+    texts = ds.dataset(demo_out / "text_features" / _latest(demo_out, "text_features")).to_table()
+    assert texts.num_rows == len(DEMO_CLIPS) + 2  # every caption, even of a video that is missing
 
 
 def test_run_with_override_makes_a_new_version_beside_the_old(demo_out, tmp_path):
@@ -98,8 +116,11 @@ def test_run_with_override_makes_a_new_version_beside_the_old(demo_out, tmp_path
         f"out: {demo_out}\n"
         f"dataset: {{format: generic, annotations: {demo_out}/data/captions.csv, videos: {demo_out}/data/videos}}\n"
         "runner: {rows_per_shard: 4, progress: false}\n"
+        f"frame_features: {{model: {demo_out}/models/tiny-clip}}\n"
+        f"text_features: {{model: {demo_out}/models/tiny-clip, run: {{batch_size: 3}}}}\n"
     )
     old = _latest(demo_out, "keyframes")
+    old_features = _latest(demo_out, "frame_features")
     code, printed = _tvr("run", str(config), "--set", "keyframes.sampling.strategy=vlm",
                          "--set", "keyframes.short_side=96")
     assert code == 0, printed
@@ -108,6 +129,11 @@ def test_run_with_override_makes_a_new_version_beside_the_old(demo_out, tmp_path
     rows = ds.dataset(demo_out / "keyframes" / new, format="parquet").to_table().to_pylist()
     assert {r["strategy"] for r in rows} == {"vlm"} and all(len(r["frames"]) == 8 for r in rows)
     assert all(min(r["width"], r["height"]) == 96 for r in rows)
+    # New keyframes, so new frame features; the captions did not change, nor did text_features
+    # (its run settings did, which are not part of its version).
+    assert _latest(demo_out, "frame_features") != old_features
+    up_to_date = {line.split()[0] for line in printed.splitlines() if ": up to date" in line}
+    assert up_to_date == {"probe", "text_features"}, printed
 
 
 def test_bad_config_value_is_a_clear_error(demo_out, tmp_path, capsys):

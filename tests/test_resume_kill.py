@@ -38,7 +38,7 @@ def _dataset(folder: Path) -> Path:
 
 def _start(config: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(config)],
+        [sys.executable, "-m", "pipeline.cli", "run", str(config), "--stages", "probe", "keyframes"],
         env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
@@ -91,7 +91,7 @@ def test_sigkill_midway_then_rerun_gives_every_item_exactly_once(tmp_path):
     folder = out / "keyframes" / killed["version"]
     assert ds.dataset(folder, format="parquet").count_rows() == sum(r["rows"] for r in killed["shards"].values())
 
-    rerun = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config)],
+    rerun = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config), "--stages", "probe", "keyframes"],
                            env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "resuming" in rerun.stdout + rerun.stderr

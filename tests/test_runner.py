@@ -10,9 +10,10 @@ import pytest
 from toy import TOY, TOY_SCHEMA, ToyConfig, read, toy_inputs
 
 from pipeline import commit, outputs
-from pipeline.runner import RunnerConfig, process_items, run_stage
-from pipeline.stage import Stage
+from pipeline.runner import RunnerConfig, run_stage
+from pipeline.stage import Stage, Step
 from pipeline.storage import Store
+from pipeline.workers import call_isolating_errors
 
 
 def test_every_item_exactly_once_in_rows_or_failures(tmp_path, ray_session):
@@ -116,9 +117,9 @@ def test_empty_input_still_writes_a_readable_empty_shard(tmp_path, ray_session):
 
 
 def test_batch_returning_wrong_count_is_a_stage_bug():
-    stage = Stage(**{**TOY.__dict__, "setup": lambda c: (lambda items: [])})
-    with pytest.raises(RuntimeError, match="exactly one row or Failure per item"):
-        process_items(stage, stage.setup(None), [{"video_id": "v-000", "path": "ok/0.mp4"}])
+    step = Step("lose", lambda c: (lambda items: []))
+    with pytest.raises(RuntimeError, match="exactly one result or Failure per item"):
+        call_isolating_errors(TOY, step, step.setup(None), [{"video_id": "v-000", "path": "ok/0.mp4"}])
 
 
 def test_a_crashing_worker_costs_only_its_item(tmp_path, ray_session):
@@ -150,7 +151,7 @@ def _timed_setup(config):
     return batch
 
 
-TIMED = Stage(**{**TOY.__dict__, "name": "timed", "schema": TIMED_SCHEMA, "setup": _timed_setup})
+TIMED = Stage(**{**TOY.__dict__, "name": "timed", "schema": TIMED_SCHEMA, "steps": (Step("sleep", _timed_setup),)})
 
 
 @pytest.mark.parametrize("max_workers, overlapping", [(1, False), (None, True)])

@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from pipeline.manifest import ManifestOutputs, write_dataset_manifest
 from pipeline.schema import CAPTIONS, MANIFEST_PROBLEMS, VIDEOS
-from pipeline.stage import Failure, Stage
+from pipeline.stage import Failure, RunSettings, Stage, Step
 from pipeline.storage import Store
 
 TOY_SCHEMA = pa.schema([("video_id", pa.string()), ("doubled", pa.int64())])
@@ -25,6 +25,7 @@ TOY_SCHEMA = pa.schema([("video_id", pa.string()), ("doubled", pa.int64())])
 @dataclass
 class ToyConfig:
     factor: int = 2
+    run: RunSettings = field(default_factory=lambda: RunSettings(batch_size=4))
 
 
 def toy_items(config, inputs):
@@ -60,8 +61,7 @@ TOY = Stage(
     config_type=ToyConfig,
     schema=TOY_SCHEMA,
     items=toy_items,
-    setup=toy_setup,
-    batch_size=4,
+    steps=(Step("double", toy_setup),),
 )
 
 

@@ -1,10 +1,12 @@
 """keyframes: frames decoded from every probed video, as upright JPEG bytes with indices and times.
 
 The sampling strategy (uniform, segment_random, fps, vlm, disparity, middle_segment) chooses
-frame indices; the decoder seeks to them (decord, or ffmpeg; the other one is tried when the
-chosen one fails on a video). Frames are resized to a shorter side and JPEG-encoded. A video
-with fewer frames than asked for repeats frames and says so (`repeated_frames`). Videos probe
-could not read become failures here too (`upstream_failed`), so every video is accounted for.
+frame indices; the decoder seeks to them (PyAV by default; decord and ffmpeg are tried when the
+chosen one fails on a video, never on damaged frames, docs/decoding.md). Frames are resized to a
+shorter side and JPEG-encoded. A video with fewer frames than asked for repeats frames and says
+so (`repeated_frames`). Videos probe
+could not read become failures here too (`upstream_failed`, from the runner), so every video is
+accounted for.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pipeline.decode.probe import DECODE_TIMEOUT_S, VideoError
 from pipeline.decode.sampling import Sampling, Uniform
 from pipeline.decode.sources import backend_version
 from pipeline.schema import KEYFRAMES
-from pipeline.stage import Failure, Stage
+from pipeline.stage import Failure, RunSettings, Stage, Step
 
 
 @dataclass
@@ -39,22 +41,15 @@ class KeyframesConfig:
     # All decoding of one video (every backend tried); past it the video fails as `timeout`, so a stuck
     # decoder cannot hold a worker.
     timeout_seconds: float = field(default=DECODE_TIMEOUT_S, metadata=bounds(above=0))
+    run: RunSettings = field(default_factory=lambda: RunSettings(batch_size=4))
 
 
 def keyframes_items(config: KeyframesConfig, inputs) -> pa.Table:
-    videos = inputs["videos"].video_table(columns=["video_id", "path"])
-    probed = inputs["probe"].table(columns=["video_id", "rotation"])
-    probed = probed.append_column("probed", pa.array([True] * probed.num_rows, pa.bool_()))
-    failed = inputs["probe"].failures(columns=["item_id", "reason", "message"])
-    failed = failed.rename_columns(["video_id", "probe_reason", "probe_message"])
-    # Every manifest video is an item: probed ones are decoded, the rest fail as upstream_failed.
-    return videos.join(probed, "video_id").join(failed, "video_id").combine_chunks()
+    # Every manifest video is an item; those probe could not read fail as upstream_failed (the runner).
+    return inputs["videos"].video_table(columns=["video_id", "path"])
 
 
 def _extract_one(item: dict, config: KeyframesConfig) -> dict | Failure:
-    if not item["probed"]:
-        return Failure("upstream_failed",
-                       f"probe: {item['probe_reason'] or 'no row'}: {item['probe_message'] or ''}")
     try:
         result = extract_keyframes(
             item["path"], config.sampling, video_id=item["video_id"], backend=config.backend,
@@ -95,7 +90,7 @@ STAGE = Stage(
     config_type=KeyframesConfig,
     schema=KEYFRAMES,
     items=keyframes_items,
-    setup=keyframes_setup,
-    batch_size=4,
+    steps=(Step("decode", keyframes_setup),),
+    reads={"probe": ("rotation",)},
     provenance=_decoder_versions,
 )

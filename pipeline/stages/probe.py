@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipeline.config import bounds
 from pipeline.decode.probe import PROBE_TIMEOUT_S, VideoError, probe_video
 from pipeline.schema import PROBE
-from pipeline.stage import Failure, Stage
+from pipeline.stage import Failure, RunSettings, Stage, Step
 
 
 @dataclass
@@ -26,6 +26,7 @@ class ProbeConfig:
     # ffprobe reads headers and the packet list, never decodes; one that takes longer is stuck (a hung
     # network mount) and fails as `timeout` instead of holding a worker.
     timeout_seconds: float = field(default=PROBE_TIMEOUT_S, metadata=bounds(above=0))
+    run: RunSettings = field(default_factory=lambda: RunSettings(batch_size=16))
 
 
 def probe_items(config: ProbeConfig, inputs) -> pa.Table:
@@ -55,6 +56,5 @@ STAGE = Stage(
     config_type=ProbeConfig,
     schema=PROBE,
     items=probe_items,
-    setup=probe_setup,
-    batch_size=16,
+    steps=(Step("probe", probe_setup),),
 )

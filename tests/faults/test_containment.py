@@ -35,6 +35,9 @@ from pipeline.storage import Store
 # Inside clips are 160x96; the outside clip 96x64, so a frame of it is recognisable by its size.
 INSIDE_SIZE, OUTSIDE_SIZE = (160, 96), (96, 64)
 
+# The stages these tests are about; the feature stages would load CLIP from a hub.
+DECODING = ["probe", "keyframes"]
+
 
 @pytest.fixture(scope="module")
 def outside(tmp_path_factory) -> Path:
@@ -464,7 +467,7 @@ def test_stage_time_limits_fail_items_as_timeout(tmp_path, outside, ray_session)
     out = tmp_path / "out"
     # 1 ms: no ffprobe process can even start and answer in that time.
     cfg = _run_config(out, data, **{"keyframes.backend": "ffmpeg", "keyframes.timeout_seconds": 0.001})
-    run_pipeline(cfg, report=_quiet)
+    run_pipeline(cfg, stages=DECODING, report=_quiet)
     probed, _ = _outcomes(out, "probe")
     assert set(probed) == {"a", "b", "c"}  # probe's own limit (default) was enough
     frames, failures = _outcomes(out, "keyframes")

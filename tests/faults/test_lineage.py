@@ -22,6 +22,9 @@ from pipeline.verify import verify
 
 CLIPS = ("a", "b", "c")
 
+# The stages these tests are about; the feature stages would load CLIP from a hub.
+DECODING = ["probe", "keyframes"]
+
 
 @pytest.fixture(scope="module")
 def clip_pool(tmp_path_factory) -> Path:
@@ -69,10 +72,10 @@ def _quiet(*_):
 def test_moving_the_dataset_folder_changes_no_version(tmp_path, clip_pool, ray_session):
     data = _dataset(tmp_path / "here", clip_pool)
     out = tmp_path / "out"
-    first = run_pipeline(_config(out, data), report=_quiet)
+    first = run_pipeline(_config(out, data), stages=DECODING, report=_quiet)
     moved = tmp_path / "elsewhere"
     data.rename(moved)
-    again = run_pipeline(_config(out, moved), report=_quiet)
+    again = run_pipeline(_config(out, moved), stages=DECODING, report=_quiet)
     assert _versions(again) == _versions(first)
     assert all(r.up_to_date for r in again)
     videos = outputs.latest(Store.open(str(out)), "videos")
@@ -85,9 +88,9 @@ def test_a_video_turning_up_leaves_caption_versions_alone(tmp_path, clip_pool, r
     out = tmp_path / "out"
     data = _dataset(tmp_path / "data", clip_pool)
     printed: list[str] = []
-    before = run_pipeline(_config(out, data), report=printed.append)
+    before = run_pipeline(_config(out, data), stages=DECODING, report=printed.append)
     shutil.copy(clip_pool / "late.mp4", data / "videos" / "late.mp4")
-    after = run_pipeline(_config(out, data), report=printed.append)
+    after = run_pipeline(_config(out, data), stages=DECODING, report=printed.append)
     assert _versions(after)["probe"] != _versions(before)["probe"]  # video-side stages see the new video
     captions = sorted(p.name for p in (out / "captions").iterdir() if p.is_dir())
     assert len(captions) == 1  # the captions version did not move
@@ -98,7 +101,7 @@ def test_a_video_turning_up_leaves_caption_versions_alone(tmp_path, clip_pool, r
 def test_stages_read_the_version_the_config_gives_not_latest(tmp_path, clip_pool, ray_session):
     out = tmp_path / "out"
     data = _dataset(tmp_path / "data", clip_pool)
-    run_pipeline(_config(out, data), report=_quiet)
+    run_pipeline(_config(out, data), stages=DECODING, report=_quiet)
     shutil.copy(clip_pool / "late.mp4", data / "videos" / "late.mp4")  # new videos version
     # probe for the new videos is not computed; keyframes must not read the old probe via LATEST
     with pytest.raises(InputNotReadyError, match=r"reads probe \w+ \(the version this config gives\), which has no "
@@ -111,10 +114,11 @@ def test_stages_read_the_version_the_config_gives_not_latest(tmp_path, clip_pool
 def test_rerunning_an_old_config_does_not_move_latest(tmp_path, clip_pool, ray_session):
     out = tmp_path / "out"
     data = _dataset(tmp_path / "data", clip_pool)
-    old = _versions(run_pipeline(_config(out, data), report=_quiet))["keyframes"]
-    new = _versions(run_pipeline(_config(out, data, **{"sampling.strategy": "vlm"}), report=_quiet))["keyframes"]
+    old = _versions(run_pipeline(_config(out, data), stages=DECODING, report=_quiet))["keyframes"]
+    vlm = _config(out, data, **{"sampling.strategy": "vlm"})
+    new = _versions(run_pipeline(vlm, stages=DECODING, report=_quiet))["keyframes"]
     assert (out / "keyframes" / "LATEST").read_text().strip() == new
-    rerun = run_pipeline(_config(out, data), report=_quiet)
+    rerun = run_pipeline(_config(out, data), stages=DECODING, report=_quiet)
     assert rerun[-1].up_to_date and rerun[-1].version == old
     assert (out / "keyframes" / "LATEST").read_text().strip() == new  # the newest complete one still
     table = render(collect(str(out)))

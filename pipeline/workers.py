@@ -1,0 +1,295 @@
+"""What runs inside Ray for a stage: reading upstream columns, the stage's steps over each shard,
+staging the shard's parts, and isolating a shard whose worker keeps dying.
+
+A shard travels through Ray Data as one row: `{"shard": n, "payload": bytes}`. The driver's
+payload is the shard's light item table (Arrow IPC: ids, paths, and for each input the stage
+`reads`, the part and row where the item's upstream row lies). The first step's worker reads the
+upstream columns from the committed part files itself, so pixels never pass through the driver.
+Between steps the payload is the shard's items as they stand (pickled, numpy arrays included);
+the last step's worker stages the shard's rows and failures and hands the driver a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.commit import stage_shard
+from pipeline.schema import FAILURES
+from pipeline.stage import BatchFn, Failure, RunSettings, Stage, Step
+from pipeline.storage import StorageError, Store
+
+log = logging.getLogger(__name__)
+
+# Columns the runner adds to a stage's item table (never seen by a step).
+PART = "_part."  # + input name: index into ShardJob.parts[input]
+ROW = "_row."  # + input name: row within that part
+UPSTREAM_FAILURE = "_upstream_failure"  # why the item cannot be processed, or null
+
+# A worker process that dies (a decoder segfault, the OOM killer) is retried this often before
+# its shard is re-run one item at a time, so the one bad item becomes a failure row.
+CRASH_RETRIES = 2
+
+
+@dataclass
+class ShardJob:
+    """Everything a worker needs for one stage run; pickled once to every worker."""
+
+    stage: Stage
+    config: Any
+    settings: RunSettings
+    schema: pa.Schema
+    store: Store
+    version: str
+    metadata: dict[str, str]  # provenance for every Parquet file
+    parts: dict[str, list[str]]  # per input the stage reads: store-relative paths of its row parts
+
+
+@dataclass
+class InFlight:
+    """A shard between steps: the items still going and the failure rows so far."""
+
+    shard: int
+    items: list[dict]
+    failures: list[dict]
+    seconds: float  # work done on it so far
+
+
+# ---- one step over one shard --------------------------------------------------------------------
+
+
+def start_shard(job: ShardJob, shard: int, payload: bytes) -> InFlight:
+    """The driver's light items, with upstream failures turned into failure rows and the columns
+    the stage reads from its inputs filled in."""
+    table = pa.ipc.open_stream(payload).read_all()
+    flight = InFlight(shard, [], [], 0.0)
+    for item in table.to_pylist():
+        reason = item.pop(UPSTREAM_FAILURE, None)
+        if reason is not None:
+            flight.failures.append(failure_row(job.stage, item, Failure("upstream_failed", reason)))
+        else:
+            flight.items.append(item)
+    read_upstream_columns(job, flight.items)
+    return flight
+
+
+def read_upstream_columns(job: ShardJob, items: list[dict]) -> None:
+    """Fill in, for each input the stage reads, the wanted columns of each item's upstream row."""
+    import pyarrow.parquet as pq
+
+    for name, columns in job.stage.reads.items():
+        by_part: dict[int, list[dict]] = {}
+        for item in items:
+            by_part.setdefault(item.pop(PART + name), []).append(item)
+        for part, members in by_part.items():
+            path = job.store.path(job.parts[name][part])
+            table = pq.read_table(path, columns=list(columns), filesystem=job.store.fs)
+            rows = table.take(pa.array([item.pop(ROW + name) for item in members], pa.int64())).to_pylist()
+            for item, row in zip(members, rows):
+                item.update(row)
+
+
+def run_step(job: ShardJob, step: Step, batch_fn: BatchFn, flight: InFlight) -> InFlight:
+    """One step over the shard's items in batches; an exception costs only the item that raised it."""
+    started = time.perf_counter()
+    size = job.settings.batch_size if step.main else max(1, len(flight.items))
+    key = job.stage.key
+    going: list[dict] = []
+    for start in range(0, len(flight.items), size):
+        chunk = flight.items[start : start + size]
+        for item, result in zip(chunk, call_isolating_errors(job.stage, step, batch_fn, chunk)):
+            if isinstance(result, Failure):
+                flight.failures.append(failure_row(job.stage, item, result))
+            else:
+                result.setdefault(key, item[key])
+                going.append(result)
+    flight.items = going
+    flight.seconds += time.perf_counter() - started
+    return flight
+
+
+def call_isolating_errors(stage: Stage, step: Step, batch_fn: BatchFn, chunk: list[dict]) -> list:
+    try:
+        results = batch_fn(chunk)
+    except Exception as exc:  # noqa: BLE001 - retried item by item below to find the culprit
+        if len(chunk) == 1:
+            return [Failure("error", f"{step.name}: {type(exc).__name__}: {exc}")]
+        return [r for item in chunk for r in call_isolating_errors(stage, step, batch_fn, [item])]
+    if len(results) != len(chunk):
+        raise RuntimeError(
+            f"stage {stage.name} step {step.name} returned {len(results)} results for {len(chunk)} items; "
+            "a batch function must return exactly one result or Failure per item"
+        )
+    return results
+
+
+def failure_row(stage: Stage, item: dict, failure: Failure) -> dict:
+    return {"item_id": item[stage.key], "stage": stage.name, "reason": failure.reason, "message": failure.message}
+
+
+def write_shard(job: ShardJob, flight: InFlight) -> dict:
+    """Stage the shard's parts; a storage error is reported to the driver, not raised.
+
+    Raising would look like a crashed worker to Ray Data, which retries the shard and then
+    isolates it item by item: hours of decoding repeated against a full disk.
+    """
+    try:
+        files = stage_shard(job.store, job.stage.name, job.version, flight.shard,
+                            pa.Table.from_pylist(flight.items, schema=job.schema),
+                            pa.Table.from_pylist(flight.failures, schema=FAILURES), job.metadata)
+    except StorageError as exc:
+        return {"shard": flight.shard, "files": "[]", "seconds": flight.seconds, "write_error": str(exc)}
+    return {"shard": flight.shard, "files": json.dumps(files), "seconds": flight.seconds, "write_error": None}
+
+
+# ---- Ray Data workers ---------------------------------------------------------------------------
+
+
+class StepsWorker:
+    """Runs steps `first..last` of a stage over each shard it is given, set up once per worker.
+    The first step of the stage starts from the driver's payload; the last one writes the shard."""
+
+    def __init__(self, job: ShardJob, first: int, last: int):
+        self.job = job
+        self.first, self.last = first, last
+        self.steps = [(step, step.setup(job.config)) for step in job.stage.steps[first : last + 1]]
+
+    def __call__(self, batch: pa.Table) -> dict[str, list]:
+        out: dict[str, list] = {}
+        for shard, payload in zip(batch["shard"].to_pylist(), batch["payload"].to_pylist()):
+            result = self.process(shard, payload)
+            for key, value in result.items():
+                out.setdefault(key, []).append(value)
+        return out
+
+    def process(self, shard: int, payload: bytes) -> dict:
+        started = time.perf_counter()
+        flight = start_shard(self.job, shard, payload) if self.first == 0 else pickle.loads(payload)
+        flight.seconds += time.perf_counter() - started
+        for step, batch_fn in self.steps:
+            flight = run_step(self.job, step, batch_fn, flight)
+        if self.last == len(self.job.stage.steps) - 1:
+            return write_shard(self.job, flight)
+        return {"shard": shard, "payload": pickle.dumps(flight, protocol=5)}
+
+
+def _bound_worker(job: ShardJob, first: int, last: int) -> type:
+    """StepsWorker with its arguments bound in: Ray ships the class with the code, where
+    constructor arguments would sit in the object store, which Ray warns breaks actor restarts."""
+
+    class BoundStepsWorker(StepsWorker):
+        def __init__(self):
+            super().__init__(job, first, last)
+
+    return BoundStepsWorker
+
+
+def _run_steps_task(batch: pa.Table, job: ShardJob, first: int, last: int) -> dict[str, list]:
+    return StepsWorker(job, first, last)(batch)
+
+
+def pipelined(job: ShardJob) -> bool:
+    """Steps in separate worker pools when the main step takes an accelerator (see `Step`)."""
+    return job.settings.num_gpus > 0 and len(job.stage.steps) > 1
+
+
+def build_dataset(job: ShardJob, shards: list[tuple[int, bytes]], max_workers: int | None,
+                  recycle_after_items: int, rows_per_shard: int):
+    """The Ray Data pipeline over the pending shards: one map per group of steps."""
+    import ray
+
+    tasks = [{"shard": shard, "payload": payload} for shard, payload in shards]
+    dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+    steps = job.stage.steps
+    groups = [(i, i) for i in range(len(steps))] if pipelined(job) else [(0, len(steps) - 1)]
+    with warnings.catch_warnings():
+        # Ray Data retries dead workers forever unless told otherwise, and a video that crashes
+        # its decoder would then hang the run. Only `ray_remote_args` can bound retries today
+        # (deprecated in Ray 2.60 with no replacement yet; pyproject keeps Ray below 2.64).
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        for first, last in groups:
+            group = steps[first : last + 1]
+            main = any(step.main for step in group)
+            options = _resources(job.settings, main)
+            if any(step.stateful for step in group):
+                size = job.settings.workers or max_workers if main else None
+                dataset = dataset.map_batches(
+                    _bound_worker(job, first, last),
+                    compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
+                    max_task_retries=CRASH_RETRIES, **options)
+            else:
+                shards_per_process = max(1, recycle_after_items // max(1, rows_per_shard))
+                size = (job.settings.workers or max_workers) if main else None
+                dataset = dataset.map_batches(
+                    _run_steps_task, fn_args=(job, first, last), max_calls=shards_per_process,
+                    compute=ray.data.TaskPoolStrategy(size=size),
+                    max_retries=CRASH_RETRIES, **options)
+    return dataset
+
+
+def _resources(settings: RunSettings, main: bool) -> dict[str, Any]:
+    options: dict[str, Any] = dict(batch_size=1, batch_format="pyarrow", num_cpus=settings.num_cpus if main else 1)
+    if main and settings.num_gpus:
+        options["num_gpus"] = settings.num_gpus
+    if main and settings.memory_gb:
+        options["memory"] = settings.memory_gb * 2**30
+    return options
+
+
+# ---- isolating a shard whose worker keeps dying -------------------------------------------------
+
+
+class _IsolationWorker:
+    """All of a stage's steps in one process, one item per call: set up once, and again only
+    after an item has killed it."""
+
+    def __init__(self, job: ShardJob):
+        self.job = job
+        self.steps = [(step, step.setup(job.config)) for step in job.stage.steps]
+
+    def process(self, flight: InFlight) -> InFlight:
+        for step, batch_fn in self.steps:
+            flight = run_step(self.job, step, batch_fn, flight)
+        return flight
+
+
+def isolate(job: ShardJob, shard: int, payload: bytes) -> dict:
+    """Re-run a shard one item at a time in a worker of its own. An item whose call kills the
+    worker becomes a `worker_crashed` failure and a fresh worker takes the rest, so the stage's
+    setup (a model load) runs once per shard, plus once after each item that crashed."""
+    import ray
+
+    started = time.perf_counter()
+    whole = start_shard(job, shard, payload)
+    actor_class = ray.remote(max_restarts=0, max_task_retries=0, num_cpus=job.settings.num_cpus,
+                             num_gpus=job.settings.num_gpus)(_IsolationWorker)
+    worker = None
+    done = InFlight(shard, [], list(whole.failures), 0.0)
+    for item in whole.items:
+        worker = worker or actor_class.remote(job)
+        try:
+            result = ray.get(worker.process.remote(InFlight(shard, [item], [], 0.0)))
+        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
+                ray.exceptions.OutOfMemoryError) as exc:
+            worker = None
+            done.failures.append(failure_row(job.stage, item, Failure(
+                "worker_crashed", f"the worker process died while processing this item: {_first_line(exc)}")))
+            continue
+        done.items += result.items
+        done.failures += result.failures
+    if worker is not None:
+        ray.kill(worker)
+    done.seconds = time.perf_counter() - started
+    return write_shard(job, done)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
