@@ -180,17 +180,6 @@ class StepsWorker:
         return {"shard": shard, "payload": pickle.dumps(flight, protocol=5)}
 
 
-def _bound_worker(job: ShardJob, first: int, last: int) -> type:
-    """StepsWorker with its arguments bound in: Ray ships the class with the code, where
-    constructor arguments would sit in the object store, which Ray warns breaks actor restarts."""
-
-    class BoundStepsWorker(StepsWorker):
-        def __init__(self):
-            super().__init__(job, first, last)
-
-    return BoundStepsWorker
-
-
 def _run_steps_task(batch: pa.Table, job: ShardJob, first: int, last: int) -> dict[str, list]:
     return StepsWorker(job, first, last)(batch)
 
@@ -221,7 +210,7 @@ def build_dataset(job: ShardJob, shards: list[tuple[int, bytes]], max_workers: i
             if any(step.stateful for step in group):
                 size = job.settings.workers or max_workers if main else None
                 dataset = dataset.map_batches(
-                    _bound_worker(job, first, last),
+                    StepsWorker, fn_constructor_args=(job, first, last),
                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
                     max_task_retries=CRASH_RETRIES, **options)
             else:
