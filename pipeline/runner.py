@@ -308,22 +308,29 @@ def _check_unique(items: pa.Table, stage: Stage) -> None:
 
 def attach_upstream(stage: Stage, items: pa.Table, readers: dict[str, InputReader]) -> tuple[pa.Table, dict]:
     """Add to the item table, for each input the stage reads, where each item's upstream row lies
-    (part and row), and why an item has none (`upstream_failed`, with the upstream reason). Only
-    the key column of each upstream part is read here; the workers read the rest."""
+    (part and row), and why an item has none (`upstream_failed`, with the upstream reason). Items
+    meet upstream rows on the upstream stage's key (a tag request `v1@t0.7` has a `video_id`
+    column for keyframes' `video_id`). Only that key column of each upstream part is read here;
+    the workers read the rest."""
     parts: dict[str, list[str]] = {}
     reasons: dict[str, dict[str, str]] = {}
+    keys: dict[str, str] = {}
     for name in stage.reads:
-        located, parts[name] = readers[name].locations(stage.key)
-        items = items.join(located.rename_columns([stage.key, PART + name, ROW + name]), stage.key,
+        keys[name] = readers[name].key()
+        if keys[name] not in items.column_names:
+            raise ValueError(f"stage {stage.name} reads {name}, whose rows are keyed by {keys[name]}, "
+                             f"but its items have no {keys[name]} column")
+        located, parts[name] = readers[name].locations(keys[name])
+        items = items.join(located.rename_columns([keys[name], PART + name, ROW + name]), keys[name],
                            join_type="left outer")
         failed = readers[name].failures(columns=["item_id", "reason", "message"]).to_pylist()
         reasons[name] = {row["item_id"]: f"{row['reason']}: {row['message']}" for row in failed}
     if not stage.reads:
         return items, parts
-    keys = items.column(stage.key).to_pylist()
+    upstream_ids = {name: items.column(keys[name]).to_pylist() for name in stage.reads}
     found = {name: items.column(PART + name).is_valid().to_pylist() for name in stage.reads}
-    why = [next((f"{name}: {reasons[name].get(key, 'no row and no failure for this item')}"
-                 for name in stage.reads if not found[name][i]), None) for i, key in enumerate(keys)]
+    why = [next((f"{name}: {reasons[name].get(upstream_ids[name][i], 'no row and no failure for this item')}"
+                 for name in stage.reads if not found[name][i]), None) for i in range(items.num_rows)]
     return items.append_column(UPSTREAM_FAILURE, pa.array(why, pa.string())), parts
 
 

@@ -153,6 +153,15 @@ class InputReader:
         return (table.append_column("relative_path", relative)
                 .append_column("video_root", pa.array([root] * table.num_rows, pa.string())))
 
+    def key(self) -> str:
+        """The column that identifies this input's rows (its stage's key)."""
+        from pipeline.outputs import read_manifest
+
+        manifest = read_manifest(self.store, self.output.stage, self.output.version)
+        if manifest is None or "key" not in manifest:
+            raise ValueError(f"{self.output.path} records no key column")
+        return manifest["key"]
+
     def locations(self, key: str) -> tuple[pa.Table, list[str]]:
         """Where each row lies: a table of `key`, part (an index into the returned list of
         store-relative part paths) and row within the part. Reads only the key column."""

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 
 import numpy as np
 import pytest
+import torch
+import transformers
 from PIL import Image
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from pipeline.models import clip  # noqa: E402
-from pipeline.models.tiny import build_tiny_clip  # noqa: E402
+from pipeline.models import clip
+from pipeline.models.identity import checkpoint_identity
+from pipeline.models.tiny import build_tiny_clip
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -244,7 +245,7 @@ def test_build_is_reproducible_and_idempotent(tiny, tmp_path):
     assert first.keys() == second.keys()
     assert all(np.array_equal(first[k], second[k]) for k in first)
     # Everything else too (configs, tokenizer): the whole build is one fixed checkpoint.
-    assert clip.checkpoint_identity(again, None)["sha256"] == clip.checkpoint_identity(tiny, None)["sha256"]
+    assert checkpoint_identity(again, None)["sha256"] == checkpoint_identity(tiny, None)["sha256"]
     assert build_tiny_clip(again) == again
 
 
@@ -252,12 +253,12 @@ def test_identity_follows_local_files(tiny, tmp_path):
     import shutil
 
     copy = shutil.copytree(tiny, tmp_path / "copy")
-    before = clip.checkpoint_identity(str(copy), None)
+    before = checkpoint_identity(str(copy), None)
     assert before["transformers"] == transformers.__version__ and before["revision"] is None
     (copy / "config.json").write_text((copy / "config.json").read_text().replace("16", "17", 1))
-    assert clip.checkpoint_identity(str(copy), None)["sha256"] != before["sha256"]
+    assert checkpoint_identity(str(copy), None)["sha256"] != before["sha256"]
     # A Hub id is named by its revision alone; nothing is fetched to say so.
-    assert clip.checkpoint_identity("openai/clip-vit-base-patch32", "3d74acf") == {
+    assert checkpoint_identity("openai/clip-vit-base-patch32", "3d74acf") == {
         "model": "openai/clip-vit-base-patch32", "revision": "3d74acf", "transformers": transformers.__version__}
 
 
@@ -274,3 +275,23 @@ def test_devices_and_dtypes():
         assert clip.resolve_device("auto") == "cpu"
         with pytest.raises(ValueError, match="CUDA is not available"):
             clip.resolve_device("cuda:0")
+
+
+def test_a_hub_id_records_the_commit_its_config_came_from(tmp_path, tiny):
+    # A hub cache laid out as huggingface_hub writes it, read offline in a fresh process (the hub
+    # library reads its cache location and offline switch once, at import).
+    import shutil
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-clip"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny, repo / "snapshots" / commit)
+    code = ("from pipeline.models.identity import checkpoint_identity as c; "
+            "print(c('someone/tiny-clip', None)['commit'])")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == commit

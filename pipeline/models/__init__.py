@@ -1,7 +1,7 @@
 """Models used by the stages, each loaded once per worker.
 
 - `pipeline.models.clip`: CLIP image and text encoders (`ClipVision`, `ClipText`), the embedding
-  width from a config alone (`embedding_dim`, `text_width`), `decode_jpeg`, `checkpoint_identity`.
+  width from a config alone (`embedding_dim`, `text_width`), `decode_jpeg`; `identity.checkpoint_identity`.
 - `pipeline.models.tiny`: `build_tiny_clip`, a tiny random CLIP checkpoint built offline for tests.
 
 Nothing is imported here: torch and transformers take seconds to import, and a driver that only

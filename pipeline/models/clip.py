@@ -15,11 +15,9 @@ accelerator memory is halved and retried (down to one item) and the smaller size
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
@@ -32,7 +30,6 @@ T = TypeVar("T")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Files of a local checkpoint folder that change what it computes (weights, configs, tokenizer).
-_CHECKPOINT_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")
 
 
 # ---- device, dtype, config ---------------------------------------------------------------------
@@ -89,25 +86,6 @@ def embedding_dim(model: str, revision: str | None) -> int:
 def text_width(model: str, revision: str | None) -> int:
     """The text tower's hidden size: the width of `ClipText.token_features` rows."""
     return int(_clip_config(model, revision).text_config.hidden_size)
-
-
-def checkpoint_identity(model: str, revision: str | None) -> dict:
-    """What a stage records so that its version changes when the model does: the id and revision
-    as given, the transformers version, and for a local folder a sha256 of the files that decide
-    its outputs (configs, tokenizer, weights), since a local folder has no revision."""
-    import transformers
-
-    identity = {"model": model, "revision": revision, "transformers": transformers.__version__}
-    folder = Path(model)
-    if folder.is_dir():
-        digest = hashlib.sha256()
-        for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _CHECKPOINT_SUFFIXES):
-            digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-        identity["sha256"] = digest.hexdigest()
-    return identity
 
 
 # ---- images ------------------------------------------------------------------------------------

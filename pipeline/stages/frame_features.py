@@ -85,7 +85,7 @@ def _schema(config: FrameFeaturesConfig) -> pa.Schema:
 
 
 def _identity(config: FrameFeaturesConfig) -> dict:
-    from pipeline.models.clip import checkpoint_identity
+    from pipeline.models.identity import checkpoint_identity
 
     return {"checkpoint": checkpoint_identity(config.model, config.revision)}
 

@@ -57,7 +57,7 @@ def _schema(config: TextFeaturesConfig) -> pa.Schema:
 
 
 def _identity(config: TextFeaturesConfig) -> dict:
-    from pipeline.models.clip import checkpoint_identity
+    from pipeline.models.identity import checkpoint_identity
 
     return {"checkpoint": checkpoint_identity(config.model, config.revision)}
 

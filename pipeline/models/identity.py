@@ -1,0 +1,36 @@
+"""What identifies a checkpoint in a stage's version: a hub id's revision or commit, or a hash of a
+local folder's files."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+# The files of a checkpoint folder that decide its outputs: configs, tokenizer, weights.
+_CHECKPOINT_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model", ".jinja")
+
+
+def checkpoint_identity(model: str, revision: str | None) -> dict:
+    """What a stage records so that its version changes when the model does: the id and revision
+    as given, the transformers version, and for a local folder a sha256 of the files that decide
+    its outputs (configs, tokenizer, weights), since a local folder has no revision; for a hub id
+    without a pinned revision, the commit its config was read from (a new commit on the hub is a
+    new version; a pinned revision is recorded as given, and nothing is fetched)."""
+    import transformers
+
+    identity = {"model": model, "revision": revision, "transformers": transformers.__version__}
+    folder = Path(model)
+    if folder.is_dir():
+        digest = hashlib.sha256()
+        for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _CHECKPOINT_SUFFIXES):
+            digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        identity["sha256"] = digest.hexdigest()
+    elif revision is None:
+        from huggingface_hub import hf_hub_download
+
+        # The hub cache keeps each file under snapshots/<commit>/: the folder names the commit.
+        identity["commit"] = Path(hf_hub_download(model, "config.json")).parent.name
+    return identity
