@@ -1,4 +1,4 @@
-"""`tvr`: the command line over the library (manifest, run, demo, status, verify).
+"""`tvr`: the command line over the library (manifest, run, demo, status, verify, stats, prompts).
 
 Errors a user can act on (a bad key, an unreadable annotation file, a damaged or busy output, a
 full disk) are printed as one line naming the file or key, with exit status 2 for what the
@@ -43,11 +43,14 @@ def _cmd_run(args) -> int:
 def _cmd_demo(args) -> int:
     from pipeline.demo import run_demo
     from pipeline.status import collect, render
+    from pipeline.tag_stats import format_statistics, tag_statistics
     from pipeline.verify import verify
 
     run_demo(Path(args.out), workers=args.workers)
     print()
     print(render(collect(args.out)))
+    print()
+    print(format_statistics(*tag_statistics(args.out)))
     report = verify(args.out)
     print(report.render().splitlines()[-1] if report.ok else report.render())
     print(f"\nParquet shards are under {args.out}/ (try: tvr status {args.out})")
@@ -75,6 +78,60 @@ def _cmd_verify(args) -> int:
         report = verify(args.out, stage=args.stage)
     print(report.render())
     return 0 if report.ok else 1
+
+
+def _cmd_stats(args) -> int:
+    from pipeline.tag_stats import format_statistics, tag_statistics
+
+    if not Path(args.out).exists() and "://" not in args.out:
+        raise ConfigError(f"{args.out} does not exist")
+    print(format_statistics(*tag_statistics(args.out, top=args.top)))
+    return 0
+
+
+def _cmd_prompts_list(args) -> int:
+    from pipeline.prompts import PromptError, list_prompts, load_prompt, prompts_folder
+
+    folder = prompts_folder(args.folder)
+    names = list_prompts(folder)
+    if not names:
+        print(f"no prompts in {folder}")
+        return 0
+    row, broken = "{:<28} {:<12}  {}", 0
+    print(row.format("prompt", "sha256", "variables"))
+    for name in names:
+        try:
+            prompt = load_prompt(name, folder)
+        except PromptError as exc:  # list the others; a broken template is named, not fatal to the listing
+            broken += 1
+            print(row.format(name, "?", "error: " + " ".join(str(exc).split())))
+            continue
+        print(row.format(name, prompt.sha256[:12], ", ".join(prompt.variables) or "-"))
+    print(f"in {folder}")
+    return 2 if broken else 0
+
+
+def _cmd_prompts_render(args) -> int:
+    from pipeline.prompts import load_prompt, render_with_chat_template
+
+    prompt = load_prompt(args.name, args.folder)
+    values = {}
+    for item in args.value:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--value {item!r}: expected NAME=TEXT")
+        values[key] = text  # text as typed: a prompt value is data, never parsed
+    if args.caption is not None:
+        values["caption"] = args.caption
+    unused = sorted(set(values) - set(prompt.variables))
+    if unused:  # a value typed on the command line that the prompt never reads is a mistake
+        raise ConfigError(f"prompt {prompt.name} does not use {', '.join(unused)} "
+                          f"(its variables: {', '.join(prompt.variables) or 'none'})")
+    if args.chat_template:
+        print(render_with_chat_template(prompt.as_messages(**values), args.chat_template))
+    else:
+        print(prompt.render(**values))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +182,31 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--stage", help="only this stage")
     check.add_argument("--repair", action="store_true", help="withdraw bad shards, remove stray files, fix LATEST")
     check.set_defaults(func=_cmd_verify)
+
+    stats = command("stats", help="MAC-VR Table 1 for a run: unique tags and tags per item, per split and "
+                                  "modality, and the most frequent tags (Markdown)")
+    stats.add_argument("out")
+    stats.add_argument("--top", type=int, default=10, help="how many of the most frequent tags to list")
+    stats.set_defaults(func=_cmd_stats)
+
+    # No --debug on `prompts` itself: argparse would reset it from the leaf's default.
+    prompts = commands.add_parser("prompts", help="list the prompt templates, or render one as a model sees it")
+    prompt_commands = prompts.add_subparsers(dest="prompts_command", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--folder", help="prompts folder (default: the repository's prompts/)")
+    listing = prompt_commands.add_parser("list", parents=[common, where],
+                                         help="each prompt's name, sha256 prefix and variables")
+    listing.set_defaults(func=_cmd_prompts_list)
+    render = prompt_commands.add_parser("render", parents=[common, where],
+                                        help="print a prompt's final text (or its chat-template rendering)")
+    render.add_argument("name", help="a prompt's name, e.g. macvr_textual_tags (see: tvr prompts list)")
+    render.add_argument("--caption", help="the caption to insert (inserted verbatim)")
+    render.add_argument("--value", action="append", default=[], metavar="NAME=TEXT",
+                        help="another template variable, inserted verbatim")
+    render.add_argument("--chat-template", metavar="MODEL",
+                        help="render the prompt as chat messages through MODEL's tokenizer chat template "
+                             "(a Hugging Face id or local folder) instead of the raw text")
+    render.set_defaults(func=_cmd_prompts_render)
     return parser
 
 

@@ -1,5 +1,6 @@
-"""`tvr demo`: a small generated dataset run through every stage on local Ray, offline, with a
-tiny CLIP built locally (random weights) for the feature stages.
+"""`tvr demo`: a small generated dataset run through every stage on local Ray, offline, with tiny
+models built locally (random weights): a CLIP for the feature stages, a video LLM and an LLM for
+the tag stages.
 
 Eight clips that differ in length, resolution, codec, container and frame rate (one variable,
 one rotated, one shorter than the frames asked for), a zero-byte file and a caption whose
@@ -12,11 +13,17 @@ import csv
 from pathlib import Path
 
 from pipeline import synth
+from pipeline.engines.config import TransformersEngineConfig
 from pipeline.models.tiny import build_tiny_clip
+from pipeline.models.tiny_lm import build_tiny_lm, build_tiny_vlm
 from pipeline.run import DatasetConfig, RunConfig, run_pipeline
 from pipeline.runner import RunnerConfig
+from pipeline.stage import ModelRunSettings
 from pipeline.stages.frame_features import FrameFeaturesConfig
 from pipeline.stages.text_features import TextFeaturesConfig
+from pipeline.stages.textual_tags import TextualTagsConfig
+from pipeline.stages.visual_tags import VisualTagsConfig
+from pipeline.tagging import SamplingSettings
 
 # name -> (make_clip keyword arguments, caption)
 DEMO_CLIPS = {
@@ -64,10 +71,13 @@ def make_demo_dataset(folder: Path) -> Path:
 
 
 def demo_config(out: Path, workers: int | None = None):
-    """The demo's run config: the generated dataset, small shards, and the tiny local CLIP
-    (random weights) in place of `openai/clip-vit-base-patch32`."""
-    data = out / "data"
-    clip = str(out / "models" / "tiny-clip")
+    """The demo's run config: the generated dataset, small shards, and tiny local models with
+    random weights in place of the real ones (CLIP ViT-B/32, a 7B video LLM, Llama 3.1 8B): the
+    tags they produce are noise, but every stage runs as it would for real."""
+    data, models = out / "data", out / "models"
+    clip = str(models / "tiny-clip")
+    # Short answers: a random model never stops on its own.
+    sampling = SamplingSettings(max_tokens=24)
     return RunConfig(
         out=str(out),
         dataset=DatasetConfig(format="generic", annotations=str(data / "captions.csv"),
@@ -75,10 +85,16 @@ def demo_config(out: Path, workers: int | None = None):
         runner=RunnerConfig(rows_per_shard=2, max_workers=workers),
         frame_features=FrameFeaturesConfig(model=clip),
         text_features=TextFeaturesConfig(model=clip),
+        visual_tags=VisualTagsConfig(engine=TransformersEngineConfig(model=str(models / "tiny-vlm")),
+                                     sampling=sampling, run=ModelRunSettings(batch_size=8, rows_per_shard=16)),
+        textual_tags=TextualTagsConfig(engine=TransformersEngineConfig(model=str(models / "tiny-lm")),
+                                       sampling=sampling, run=ModelRunSettings(batch_size=20, rows_per_shard=20)),
     )
 
 
 def run_demo(out: Path, workers: int | None = None, report=print):
     make_demo_dataset(out / "data")
     build_tiny_clip(out / "models" / "tiny-clip")
+    build_tiny_lm(out / "models" / "tiny-lm")
+    build_tiny_vlm(out / "models" / "tiny-vlm")
     return run_pipeline(demo_config(out, workers), report=report)

@@ -117,3 +117,25 @@ def text_features_schema(dim: int, token_width: int) -> pa.Schema:
             pa.field("token_features", pa.list_(pa.list_(pa.float16(), token_width))),
         ]
     )
+
+
+# visual_tags and textual_tags: one row per request (an item at one temperature).
+TAGS = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),  # "<item id>@t<temperature>"
+        pa.field("item_id", pa.string(), nullable=False),  # video_id (visual) or caption_id (textual)
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("temperature", pa.float64(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("revision", pa.string()),
+        pa.field("prompt", pa.string(), nullable=False),  # the template's name
+        pa.field("prompt_sha256", pa.string(), nullable=False),
+        pa.field("raw_output", pa.string(), nullable=False),  # the model's text, as generated
+        # "stop", or "length": the output was cut at max_tokens, and its last, cut line is not parsed
+        pa.field("finish_reason", pa.string(), nullable=False),
+        pa.field("prompt_tokens", pa.int64(), nullable=False),
+        pa.field("output_tokens", pa.int64(), nullable=False),
+        pa.field("tags", pa.list_(pa.string()), nullable=False),  # cleaned (pipeline.tags.parse_tags)
+    ]
+)

@@ -10,9 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# No test reaches the Hugging Face hub: a model named by hub id fails at once instead of retrying
+# a download (the hub library reads these when first imported, and Ray workers inherit them).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_UPDATE_CHECK"] = "1"
 
-from pipeline import synth
+import pytest  # noqa: E402
+
+from pipeline import synth  # noqa: E402
 
 
 @pytest.fixture(scope="session")

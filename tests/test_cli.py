@@ -122,7 +122,8 @@ def test_run_with_override_makes_a_new_version_beside_the_old(demo_out, tmp_path
     old = _latest(demo_out, "keyframes")
     old_features = _latest(demo_out, "frame_features")
     code, printed = _tvr("run", str(config), "--set", "keyframes.sampling.strategy=vlm",
-                         "--set", "keyframes.short_side=96")
+                         "--set", "keyframes.short_side=96",
+                         "--stages", "probe", "keyframes", "frame_features", "text_features")
     assert code == 0, printed
     new = _latest(demo_out, "keyframes")
     assert new != old and (demo_out / "keyframes" / old / "_manifest.json").exists()
@@ -156,3 +157,51 @@ def test_manifest_command_writes_versioned_tables(demo_out, tmp_path):
     assert _tvr("manifest", "generic", "--annotations", str(demo_out / "data" / "captions.csv"),
                 "--videos", str(demo_out / "data" / "videos"), "--out", str(tmp_path / "m"))[0] == 0
     assert [p.name for p in (tmp_path / "m" / "manifest").iterdir() if p.is_dir()] == [version]
+
+
+def test_editing_a_prompt_recomputes_only_its_tag_stage(demo_out, tmp_path):
+    import shutil
+
+    import yaml
+
+    from pipeline.config import to_dict
+    from pipeline.demo import demo_config
+    from pipeline.prompts import DEFAULT_FOLDER
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(DEFAULT_FOLDER, prompts)
+    template = prompts / "macvr_textual_tags.j2"
+    template.write_text(template.read_text().replace("top 10 general tags", "top 5 general tags"))
+    config = to_dict(demo_config(demo_out))
+    config["textual_tags"]["prompts_folder"] = str(prompts)
+    config["runner"]["progress"] = False
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(config))
+    before = {stage: _latest(demo_out, stage) for stage in STAGES}
+    code, printed = _tvr("run", str(path))
+    assert code == 0, printed
+    up_to_date = {line.split()[0] for line in printed.splitlines() if ": up to date" in line}
+    assert up_to_date == set(STAGES) - {"textual_tags"}, printed
+    after = {stage: _latest(demo_out, stage) for stage in STAGES}
+    assert after["textual_tags"] != before["textual_tags"]
+    rows = ds.dataset(demo_out / "textual_tags" / after["textual_tags"]).to_table().to_pylist()
+    assert {r["prompt_sha256"] for r in rows} == {__import__("hashlib").sha256(template.read_bytes()).hexdigest()}
+
+
+def test_demo_tags_every_video_and_caption_at_four_temperatures(demo_out):
+    for stage, ids in (("visual_tags", set(DEMO_CLIPS)), ("textual_tags", None)):
+        version = _latest(demo_out, stage)
+        rows = ds.dataset(demo_out / stage / version).to_table().to_pylist()
+        failures = ds.dataset(demo_out / "failures" / stage / version).to_table().to_pylist()
+        by_item: dict[str, set] = {}
+        for row in rows:
+            by_item.setdefault(row["item_id"], set()).add(row["temperature"])
+            assert row["raw_output"] is not None and row["finish_reason"] in ("stop", "length")
+        assert all(temps == {0.7, 0.8, 0.9, 1.0} for temps in by_item.values())
+        if ids is not None:  # videos without frames fail once per temperature, upstream
+            assert set(by_item) == ids
+            assert sorted(f["item_id"] for f in failures) == sorted(
+                f"{v}@t{t:g}" for v in ("zero_bytes", "never_downloaded") for t in (0.7, 0.8, 0.9, 1.0))
+            assert {f["reason"] for f in failures} == {"upstream_failed"}
+        else:
+            assert len(by_item) == len(DEMO_CLIPS) + 2 and not failures

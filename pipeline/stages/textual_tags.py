@@ -1,0 +1,83 @@
+"""textual_tags: MAC-VR's textual tags, an LLM asked about each caption at each temperature.
+
+Per caption and temperature, one request: by default the paper's raw Vicuna-style
+`macvr_textual_tags` prompt ("A chat between ... USER: ... 1) <caption> ... ASSISTANT:"), sent as
+text without a chat template, as the paper did; `chat_template: true` sends the same words as
+chat messages through the model's own template instead. The caption is inserted as data, never as
+template syntax. Rows as in visual_tags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from pipeline.engines.config import EngineConfig, TransformersEngineConfig
+from pipeline.schema import TAGS
+from pipeline.stage import ModelRunSettings, Stage, Step
+from pipeline.tagging import SamplingSettings, fan_out
+
+DEFAULT_LLM = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+@dataclass
+class TextualTagsConfig:
+    engine: EngineConfig = field(default_factory=lambda: TransformersEngineConfig(model=DEFAULT_LLM))
+    prompt: str = "macvr_textual_tags"
+    prompts_folder: str | None = None  # None: the repository's prompts/
+    chat_template: bool = False  # False: the paper's raw prompt text
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    run: ModelRunSettings = field(default_factory=lambda: ModelRunSettings(batch_size=32, rows_per_shard=256))
+
+
+def textual_tags_items(config: TextualTagsConfig, inputs) -> pa.Table:
+    captions = inputs["captions"].table(columns=["caption_id", "video_id", "text"])
+    return fan_out(captions, "caption_id", config.sampling.temperatures)
+
+
+def _ask_setup(config: TextualTagsConfig):
+    from pipeline.engines import load_engine
+    from pipeline.engines.base import GenerationRequest
+    from pipeline.prompts import load_prompt
+    from pipeline.tagging import request_seed, result_row
+
+    prompt = load_prompt(config.prompt, config.prompts_folder)
+    engine = load_engine(config.engine, device=config.run.device, dtype=config.run.dtype)
+    sampling = config.sampling
+
+    def request(item: dict) -> GenerationRequest:
+        text = {"messages": prompt.as_messages(caption=item["text"])} if config.chat_template \
+            else {"prompt": prompt.render(caption=item["text"])}
+        return GenerationRequest(id=item["request_id"], temperature=item["temperature"], top_p=sampling.top_p,
+                                 max_tokens=sampling.max_tokens,
+                                 seed=request_seed(sampling.seed, item["request_id"]), **text)
+
+    def ask(items: list[dict]) -> list:
+        results = engine.generate([request(item) for item in items])
+        return [result_row(item, result, model=config.engine.model, revision=config.engine.revision,
+                           prompt_name=prompt.name, prompt_sha256=prompt.sha256,
+                           seed=request_seed(sampling.seed, item["request_id"]))
+                for item, result in zip(items, results)]
+
+    return ask
+
+
+def _identity(config: TextualTagsConfig) -> dict:
+    from pipeline.engines import engine_identity
+    from pipeline.prompts import load_prompt
+
+    return {"prompt_sha256": load_prompt(config.prompt, config.prompts_folder).sha256, **engine_identity(config.engine)}
+
+
+STAGE = Stage(
+    name="textual_tags",
+    description="MAC-VR textual tags: an LLM over each caption, once per temperature",
+    key="request_id",
+    inputs=("captions",),
+    config_type=TextualTagsConfig,
+    schema=TAGS,
+    items=textual_tags_items,
+    steps=(Step("ask", _ask_setup, stateful=True),),
+    identity=_identity,
+)

@@ -1,0 +1,96 @@
+"""visual_tags: MAC-VR's visual tags, a VLM asked about each video's sparse frames at each temperature.
+
+Per video and temperature, one request: the `macvr_visual_tags` prompt (the paper's, word for
+word) with the video's `vlm_frames` (8 frames, first to last), answered by the configured engine;
+the row keeps the raw output, why it ended, the token counts and the cleaned tags
+(`pipeline.tags.parse_tags`). Videos without VLM frames fail as `upstream_failed`, an engine
+error on one request fails that request only (`generation_error`). The paper's VLM, VideoLLaMA2,
+loads only through its own code (a plugin engine, docs/engines.md); the default is a VLM that
+transformers and vLLM run natively.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from pipeline.engines.config import EngineConfig, TransformersEngineConfig
+from pipeline.schema import TAGS
+from pipeline.stage import ModelRunSettings, Stage, Step
+from pipeline.tagging import SamplingSettings, fan_out
+
+DEFAULT_VLM = "llava-hf/LLaVA-NeXT-Video-7B-hf"
+
+
+@dataclass
+class VisualTagsConfig:
+    engine: EngineConfig = field(default_factory=lambda: TransformersEngineConfig(model=DEFAULT_VLM))
+    prompt: str = "macvr_visual_tags"  # a template in the prompts folder
+    prompts_folder: str | None = None  # None: the repository's prompts/
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    run: ModelRunSettings = field(default_factory=lambda: ModelRunSettings(batch_size=8, rows_per_shard=64))
+
+
+def visual_tags_items(config: VisualTagsConfig, inputs) -> pa.Table:
+    videos = inputs["videos"].table(columns=["video_id"])
+    return fan_out(videos, "video_id", config.sampling.temperatures)
+
+
+def _decode_setup(config: VisualTagsConfig):
+    from pipeline.models.clip import decode_jpeg
+    from pipeline.stage import Failure
+
+    def decode(item: dict) -> dict | Failure:
+        try:
+            frames = [decode_jpeg(data) for data in item.pop("frames")]
+        except ValueError as exc:
+            return Failure("corrupt_frame", f"vlm_frames: {exc}")
+        return {**item, "pixels": frames}
+
+    return lambda items: [decode(item) for item in items]
+
+
+def _ask_setup(config: VisualTagsConfig):
+    from pipeline.engines import load_engine
+    from pipeline.engines.base import GenerationRequest
+    from pipeline.prompts import load_prompt
+    from pipeline.tagging import request_seed, result_row
+
+    prompt = load_prompt(config.prompt, config.prompts_folder)
+    engine = load_engine(config.engine, device=config.run.device, dtype=config.run.dtype)
+    sampling = config.sampling
+
+    def ask(items: list[dict]) -> list:
+        requests = [GenerationRequest(id=item["request_id"], messages=prompt.as_messages(), frames=item["pixels"],
+                                      temperature=item["temperature"], top_p=sampling.top_p,
+                                      max_tokens=sampling.max_tokens,
+                                      seed=request_seed(sampling.seed, item["request_id"])) for item in items]
+        results = engine.generate(requests)
+        return [result_row(item, result, model=config.engine.model, revision=config.engine.revision,
+                           prompt_name=prompt.name, prompt_sha256=prompt.sha256,
+                           seed=request_seed(sampling.seed, item["request_id"]))
+                for item, result in zip(items, results)]
+
+    return ask
+
+
+def _identity(config: VisualTagsConfig) -> dict:
+    from pipeline.engines import engine_identity
+    from pipeline.prompts import load_prompt
+
+    return {"prompt_sha256": load_prompt(config.prompt, config.prompts_folder).sha256, **engine_identity(config.engine)}
+
+
+STAGE = Stage(
+    name="visual_tags",
+    description="MAC-VR visual tags: a VLM over each video's sparse frames, once per temperature",
+    key="request_id",
+    inputs=("videos", "vlm_frames"),
+    config_type=VisualTagsConfig,
+    schema=TAGS,
+    items=visual_tags_items,
+    steps=(Step("decode", _decode_setup, main=False), Step("ask", _ask_setup, stateful=True)),
+    reads={"vlm_frames": ("frames",)},
+    identity=_identity,
+)
