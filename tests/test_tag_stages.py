@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from pipeline.engines.config import PluginEngineConfig, TransformersEngineConfig
+from pipeline.engines.config import OpenAIEngineConfig, PluginEngineConfig, TransformersEngineConfig
 from pipeline.manifest import write_dataset_manifest
 from pipeline.prompts import load_prompt
 from pipeline.runner import RunnerConfig, run_stage
@@ -116,19 +116,43 @@ def test_sampling_settings_are_checked():
         build(SamplingSettings, {"temperatures": [0.7, 0.7]})
 
 
-@pytest.mark.parametrize("chat_template", [False, True])
-def test_textual_tags_with_the_tiny_llm(tmp_path, ray_session, chat_template):
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory) -> str:
     from pipeline.models.tiny_lm import build_tiny_lm
 
-    model = build_tiny_lm(tmp_path / "tiny-lm")
-    store = Store.open(str(tmp_path / "out"))
-    config = TextualTagsConfig(engine=TransformersEngineConfig(model=model), chat_template=chat_template,
+    return build_tiny_lm(tmp_path_factory.mktemp("models") / "tiny-lm")
+
+
+@pytest.fixture(scope="module")
+def served_lm(tiny_lm, tmp_path_factory):
+    from test_openai_engine import transformers_serve
+
+    with transformers_serve(tiny_lm, tmp_path_factory.mktemp("serve") / "serve.log") as url:
+        yield url
+
+
+def _engine_config(backend: str, model: str, request):
+    if backend == "transformers":
+        return TransformersEngineConfig(model=model)
+    return OpenAIEngineConfig(model=model, base_url=request.getfixturevalue("served_lm"), max_concurrency=2)
+
+
+@pytest.mark.parametrize("backend, chat_template", [("transformers", False), ("transformers", True),
+                                                    ("openai", False), ("openai", True)])
+def test_textual_tags_with_the_tiny_llm(tmp_path, ray_session, tiny_lm, request, backend, chat_template):
+    """The same stage test for the in-process and the endpoint backend (a real `transformers serve`)."""
+    config = TextualTagsConfig(engine=_engine_config(backend, tiny_lm, request), chat_template=chat_template,
                                sampling=SamplingSettings(temperatures=[0.7, 1.0], max_tokens=12),
                                run=ModelRunSettings(batch_size=4))
-    first = run_stage(store, STAGES["textual_tags"], config, _captions(store), RUNNER)
-    assert first.rows + first.failures == 6 and first.failures == 0
-    rows = {r["request_id"]: r for r in _table(store, "textual_tags", first.version)}
-    store2 = Store.open(str(tmp_path / "again"))
-    second = run_stage(store2, STAGES["textual_tags"], config, _captions(store2), RUNNER)
-    again = {r["request_id"]: r for r in _table(store2, "textual_tags", second.version)}
-    assert {k: r["raw_output"] for k, r in rows.items()} == {k: r["raw_output"] for k, r in again.items()}
+    runs = []
+    for out in ("out", "again"):
+        store = Store.open(str(tmp_path / out))
+        result = run_stage(store, STAGES["textual_tags"], config, _captions(store), RUNNER)
+        assert (result.rows, result.failures) == (6, 0)
+        runs.append({r["request_id"]: r for r in _table(store, "textual_tags", result.version)})
+    first, second = runs
+    assert {k: r["raw_output"] for k, r in first.items()} == {k: r["raw_output"] for k, r in second.items()}
+    for row in first.values():
+        assert row["output_tokens"] > 0 and row["prompt_tokens"] > 0
+        assert row["finish_reason"] in ("stop", "length") and isinstance(row["tags"], list)
+        assert row["prompt_sha256"] == load_prompt("macvr_textual_tags").sha256
