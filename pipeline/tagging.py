@@ -9,6 +9,7 @@ the rows or the failures, and a rerun recomputes only the requests that are miss
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -79,3 +80,36 @@ def result_row(item: dict, result: GenerationResult, *, model: str, revision: st
         "finish_reason": result.finish_reason, "prompt_tokens": result.prompt_tokens,
         "output_tokens": result.output_tokens, "tags": parse_tags(text),
     }
+
+
+def asker(config, words: Callable[..., dict]):
+    """The batch function of a tag stage's model step: loads the prompt and the engine once (per
+    worker), then per batch makes each item's request (`words(prompt, item)` gives its `messages` or
+    `prompt`, and any `frames`), generates, and turns each result into a row or a Failure. `config` is
+    the stage's (engine, prompt, prompts_folder, sampling, run)."""
+    from pipeline.engines import load_engine
+    from pipeline.engines.base import GenerationRequest
+    from pipeline.prompts import load_prompt
+
+    prompt = load_prompt(config.prompt, config.prompts_folder)
+    engine = load_engine(config.engine, device=config.run.device, dtype=config.run.dtype)
+    sampling = config.sampling
+
+    def ask(items: list[dict]) -> list:
+        seeds = [request_seed(sampling.seed, item["request_id"]) for item in items]
+        requests = [GenerationRequest(id=item["request_id"], temperature=item["temperature"], top_p=sampling.top_p,
+                                      max_tokens=sampling.max_tokens, seed=seed, **words(prompt, item))
+                    for item, seed in zip(items, seeds)]
+        return [result_row(item, result, model=config.engine.model, revision=config.engine.revision,
+                           prompt_name=prompt.name, prompt_sha256=prompt.sha256, seed=seed)
+                for item, result, seed in zip(items, engine.generate(requests), seeds)]
+
+    return ask
+
+
+def tag_stage_identity(config) -> dict:
+    """What a tag stage's version takes beyond its config: the prompt's sha256 and the engine's model."""
+    from pipeline.engines import engine_identity
+    from pipeline.prompts import load_prompt
+
+    return {"prompt_sha256": load_prompt(config.prompt, config.prompts_folder).sha256, **engine_identity(config.engine)}

@@ -17,20 +17,8 @@ from pipeline.models.identity import checkpoint_identity
 from pipeline.models.tiny import build_tiny_clip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    # Everything here is a local folder; offline mode makes any attempt to reach the Hub fail
-    # loudly. huggingface_hub reads the variable when imported, hence its constant too.
-    import huggingface_hub.constants
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        yield
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, offline) -> str:
+def tiny(tmp_path_factory) -> str:
     return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
 
 

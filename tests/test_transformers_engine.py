@@ -17,25 +17,13 @@ from pipeline.engines.transformers_engine import TransformersEngine, _SeededSamp
 from pipeline.models.tiny_lm import EOT, IMAGE, build_tiny_lm, build_tiny_vlm
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    # Everything here is a local folder; offline mode makes any attempt to reach the Hub fail
-    # loudly. huggingface_hub reads the variable when imported, hence its constant too.
-    import huggingface_hub.constants
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        yield
-
-
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory, offline) -> str:
+def lm(tmp_path_factory) -> str:
     return build_tiny_lm(tmp_path_factory.mktemp("models") / "tiny-lm")
 
 
 @pytest.fixture(scope="module")
-def vlm(tmp_path_factory, offline) -> str:
+def vlm(tmp_path_factory) -> str:
     return build_tiny_vlm(tmp_path_factory.mktemp("models") / "tiny-vlm")
 
 

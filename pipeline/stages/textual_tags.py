@@ -16,7 +16,7 @@ import pyarrow as pa
 from pipeline.engines.config import EngineConfig, TransformersEngineConfig
 from pipeline.schema import TAGS
 from pipeline.stage import ModelRunSettings, Stage, Step
-from pipeline.tagging import SamplingSettings, fan_out
+from pipeline.tagging import SamplingSettings, asker, fan_out, tag_stage_identity
 
 DEFAULT_LLM = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -37,37 +37,12 @@ def textual_tags_items(config: TextualTagsConfig, inputs) -> pa.Table:
 
 
 def _ask_setup(config: TextualTagsConfig):
-    from pipeline.engines import load_engine
-    from pipeline.engines.base import GenerationRequest
-    from pipeline.prompts import load_prompt
-    from pipeline.tagging import request_seed, result_row
+    def words(prompt, item: dict) -> dict:
+        if config.chat_template:
+            return {"messages": prompt.as_messages(caption=item["text"])}
+        return {"prompt": prompt.render(caption=item["text"])}
 
-    prompt = load_prompt(config.prompt, config.prompts_folder)
-    engine = load_engine(config.engine, device=config.run.device, dtype=config.run.dtype)
-    sampling = config.sampling
-
-    def request(item: dict) -> GenerationRequest:
-        text = {"messages": prompt.as_messages(caption=item["text"])} if config.chat_template \
-            else {"prompt": prompt.render(caption=item["text"])}
-        return GenerationRequest(id=item["request_id"], temperature=item["temperature"], top_p=sampling.top_p,
-                                 max_tokens=sampling.max_tokens,
-                                 seed=request_seed(sampling.seed, item["request_id"]), **text)
-
-    def ask(items: list[dict]) -> list:
-        results = engine.generate([request(item) for item in items])
-        return [result_row(item, result, model=config.engine.model, revision=config.engine.revision,
-                           prompt_name=prompt.name, prompt_sha256=prompt.sha256,
-                           seed=request_seed(sampling.seed, item["request_id"]))
-                for item, result in zip(items, results)]
-
-    return ask
-
-
-def _identity(config: TextualTagsConfig) -> dict:
-    from pipeline.engines import engine_identity
-    from pipeline.prompts import load_prompt
-
-    return {"prompt_sha256": load_prompt(config.prompt, config.prompts_folder).sha256, **engine_identity(config.engine)}
+    return asker(config, words)
 
 
 STAGE = Stage(
@@ -79,5 +54,5 @@ STAGE = Stage(
     schema=TAGS,
     items=textual_tags_items,
     steps=(Step("ask", _ask_setup, stateful=True),),
-    identity=_identity,
+    identity=tag_stage_identity,
 )

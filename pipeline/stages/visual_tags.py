@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipeline.engines.config import EngineConfig, TransformersEngineConfig
 from pipeline.schema import TAGS
 from pipeline.stage import ModelRunSettings, Stage, Step
-from pipeline.tagging import SamplingSettings, fan_out
+from pipeline.tagging import SamplingSettings, asker, fan_out, tag_stage_identity
 
 DEFAULT_VLM = "llava-hf/LLaVA-NeXT-Video-7B-hf"
 
@@ -52,34 +52,7 @@ def _decode_setup(config: VisualTagsConfig):
 
 
 def _ask_setup(config: VisualTagsConfig):
-    from pipeline.engines import load_engine
-    from pipeline.engines.base import GenerationRequest
-    from pipeline.prompts import load_prompt
-    from pipeline.tagging import request_seed, result_row
-
-    prompt = load_prompt(config.prompt, config.prompts_folder)
-    engine = load_engine(config.engine, device=config.run.device, dtype=config.run.dtype)
-    sampling = config.sampling
-
-    def ask(items: list[dict]) -> list:
-        requests = [GenerationRequest(id=item["request_id"], messages=prompt.as_messages(), frames=item["pixels"],
-                                      temperature=item["temperature"], top_p=sampling.top_p,
-                                      max_tokens=sampling.max_tokens,
-                                      seed=request_seed(sampling.seed, item["request_id"])) for item in items]
-        results = engine.generate(requests)
-        return [result_row(item, result, model=config.engine.model, revision=config.engine.revision,
-                           prompt_name=prompt.name, prompt_sha256=prompt.sha256,
-                           seed=request_seed(sampling.seed, item["request_id"]))
-                for item, result in zip(items, results)]
-
-    return ask
-
-
-def _identity(config: VisualTagsConfig) -> dict:
-    from pipeline.engines import engine_identity
-    from pipeline.prompts import load_prompt
-
-    return {"prompt_sha256": load_prompt(config.prompt, config.prompts_folder).sha256, **engine_identity(config.engine)}
+    return asker(config, lambda prompt, item: {"messages": prompt.as_messages(), "frames": item["pixels"]})
 
 
 STAGE = Stage(
@@ -92,5 +65,5 @@ STAGE = Stage(
     items=visual_tags_items,
     steps=(Step("decode", _decode_setup, main=False), Step("ask", _ask_setup, stateful=True)),
     reads={"vlm_frames": ("frames",)},
-    identity=_identity,
+    identity=tag_stage_identity,
 )
