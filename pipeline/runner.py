@@ -47,14 +47,12 @@ from pipeline.schema import SCHEMA_VERSION
 from pipeline.stage import InputReader, Stage, StageOutput, run_settings
 from pipeline.storage import StorageError, Store
 from pipeline.workers import (
-    CRASH_RETRIES,
     PART,
     ROW,
     UPSTREAM_FAILURE,
     ShardJob,
     build_dataset,
     isolate,
-    pipelined,
 )
 
 log = logging.getLogger(__name__)
@@ -350,9 +348,10 @@ def _execute(job: ShardJob, shards: list[tuple[int, bytes]], runner: RunnerConfi
         raise config_lib.ConfigError(
             f"config value {job.stage.name}.run.num_gpus={job.settings.num_gpus:g} asks for more GPUs per worker "
             f"than the Ray cluster has ({gpus:g}); set it to 0 to run on CPUs")
-    DataContext.get_current().set_config("backpressure_policies.enabled", _backpressure_policies(job, runner))
     finished = set()
-    dataset = build_dataset(job, shards, runner.max_workers, runner.recycle_after_items, rows_per_shard)
+    dataset, streamed = build_dataset(job, shards, runner.max_workers, runner.recycle_after_items, rows_per_shard)
+    DataContext.get_current().set_config("backpressure_policies.enabled",
+                                         _backpressure_policies(job, runner, streamed))
     with warnings.catch_warnings():
         # Fewer shards than workers (a small run) is fine; Ray Data warns about it.
         warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
@@ -361,12 +360,10 @@ def _execute(job: ShardJob, shards: list[tuple[int, bytes]], runner: RunnerConfi
             yield summary
     for shard, payload in shards:
         if shard not in finished:
-            log.warning("%s: shard %d lost its worker %d times; re-running it one item at a time",
-                        job.stage.name, shard, CRASH_RETRIES + 1)
             yield isolate(job, shard, payload)
 
 
-def _backpressure_policies(job: ShardJob, runner: RunnerConfig) -> list:
+def _backpressure_policies(job: ShardJob, runner: RunnerConfig, streamed: bool) -> list:
     """Ray Data's backpressure policies for a stage run: only the worker cap, when it binds.
 
     Workers write their rows to Parquet themselves and return a few numbers, so there is no
@@ -380,7 +377,7 @@ def _backpressure_policies(job: ShardJob, runner: RunnerConfig) -> list:
     from ray.data._internal.execution import backpressure_policy
 
     workers = job.settings.workers or runner.max_workers
-    if pipelined(job):
+    if streamed:
         return list(backpressure_policy.ENABLED_BACKPRESSURE_POLICIES)
     if workers is None or any(step.stateful for step in job.stage.steps):  # actor pools are sized by their strategy
         return []

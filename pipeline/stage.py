@@ -72,6 +72,11 @@ class Step:
     # True: workers are long-lived actors that keep what `setup` loaded (models). False: workers
     # are tasks whose processes are recycled after `runner.recycle_after_items` (decoders leak).
     stateful: bool = False
+    # For a last step that can hand its work to a Ray Data transform of its own (Ray Data LLM's
+    # vLLM processor): `dataset(config)` returns `transform(dataset, keep) -> dataset`, or None to
+    # run the step's workers as usual. The transform gets one row per item (`workers.item_of(row)`)
+    # and returns one row per item with the `keep` columns and its result (`workers.answered`).
+    dataset: Callable[[Any], Callable[[Any, tuple[str, ...]], Any] | None] | None = None
 
 
 @dataclass(frozen=True)

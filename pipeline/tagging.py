@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipeline.config import bounds
-from pipeline.engines.base import GenerationResult
+from pipeline.engines.base import GenerationRequest, GenerationResult
 from pipeline.stage import Failure
 
 # MAC-VR Sec. 4.2: tags extracted at four temperatures.
@@ -82,29 +82,64 @@ def result_row(item: dict, result: GenerationResult, *, model: str, revision: st
     }
 
 
+def tag_request(config, prompt, words: Callable[..., dict], item: dict) -> GenerationRequest:
+    """The request for one item of a tag stage: `words(prompt, item)` gives its `messages` or
+    `prompt` (and any `frames`); the sampling settings and the request's own seed do the rest."""
+    sampling = config.sampling
+    return GenerationRequest(id=item["request_id"], temperature=item["temperature"], top_p=sampling.top_p,
+                             max_tokens=sampling.max_tokens, seed=request_seed(sampling.seed, item["request_id"]),
+                             **words(prompt, item))
+
+
+def tag_row(config, prompt, item: dict, result: GenerationResult) -> dict | Failure:
+    return result_row(item, result, model=config.engine.model, revision=config.engine.revision,
+                      prompt_name=prompt.name, prompt_sha256=prompt.sha256,
+                      seed=request_seed(config.sampling.seed, item["request_id"]))
+
+
 def asker(config, words: Callable[..., dict]):
     """The batch function of a tag stage's model step: loads the prompt and the engine once (per
-    worker), then per batch makes each item's request (`words(prompt, item)` gives its `messages` or
-    `prompt`, and any `frames`), generates, and turns each result into a row or a Failure. `config` is
-    the stage's (engine, prompt, prompts_folder, sampling, run)."""
+    worker), then per batch asks the engine and turns each result into a row or a Failure.
+    `config` is the stage's (engine, prompt, prompts_folder, sampling, run)."""
     from pipeline.engines import load_engine
-    from pipeline.engines.base import GenerationRequest
     from pipeline.prompts import load_prompt
 
     prompt = load_prompt(config.prompt, config.prompts_folder)
     engine = load_engine(config.engine, device=config.run.device, dtype=config.run.dtype)
-    sampling = config.sampling
 
     def ask(items: list[dict]) -> list:
-        seeds = [request_seed(sampling.seed, item["request_id"]) for item in items]
-        requests = [GenerationRequest(id=item["request_id"], temperature=item["temperature"], top_p=sampling.top_p,
-                                      max_tokens=sampling.max_tokens, seed=seed, **words(prompt, item))
-                    for item, seed in zip(items, seeds)]
-        return [result_row(item, result, model=config.engine.model, revision=config.engine.revision,
-                           prompt_name=prompt.name, prompt_sha256=prompt.sha256, seed=seed)
-                for item, result, seed in zip(items, engine.generate(requests), seeds)]
+        results = engine.generate([tag_request(config, prompt, words, item) for item in items])
+        return [tag_row(config, prompt, item, result) for item, result in zip(items, results)]
 
     return ask
+
+
+def vllm_transform(config, words: Callable[..., dict], *, chat: bool, multimodal: bool):
+    """For a tag stage whose engine is vLLM: the step as a Ray Data transform through Ray Data
+    LLM's vLLM processor (`Step.dataset`), which runs its own GPU engines; None for other engines,
+    which run in the step's workers."""
+    from pipeline.engines.config import VllmEngineConfig
+
+    if not isinstance(config.engine, VllmEngineConfig):
+        return None
+
+    def transform(dataset, keep: tuple[str, ...]):
+        from pipeline.engines.vllm_engine import RESULT_COLUMNS, VllmEngine
+        from pipeline.prompts import load_prompt
+        from pipeline.workers import answered, item_of
+
+        prompt = load_prompt(config.prompt, config.prompts_folder)
+        processor = VllmEngine.processor(
+            config.engine, lambda row: tag_request(config, prompt, words, item_of(row)), keep=keep, chat=chat,
+            multimodal=multimodal, concurrency=config.run.workers or 1)
+
+        def to_row(row: dict) -> dict:  # the processor's row: a result's fields and the `keep` columns
+            result = GenerationResult(**{name: row[name] for name in RESULT_COLUMNS})
+            return answered(row, tag_row(config, prompt, item_of(row), result))
+
+        return processor(dataset).map(to_row)
+
+    return transform
 
 
 def tag_stage_identity(config) -> dict:

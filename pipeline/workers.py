@@ -191,12 +191,18 @@ def pipelined(job: ShardJob) -> bool:
 
 def build_dataset(job: ShardJob, shards: list[tuple[int, bytes]], max_workers: int | None,
                   recycle_after_items: int, rows_per_shard: int):
-    """The Ray Data pipeline over the pending shards: one map per group of steps."""
+    """The Ray Data pipeline over the pending shards: one map per group of steps, or, when the
+    last step hands its work to a Ray Data transform, the steps before it, then the transform over
+    one row per item, then the rows regrouped by shard and written. Returns the dataset and
+    whether its operators stream into each other (rather than being one map per shard)."""
     import ray
 
     tasks = [{"shard": shard, "payload": payload} for shard, payload in shards]
     dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks))
     steps = job.stage.steps
+    transform = steps[-1].dataset(job.config) if steps[-1].dataset is not None else None
+    if transform is not None:
+        return _through_transform(job, dataset, transform), True
     groups = [(i, i) for i in range(len(steps))] if pipelined(job) else [(0, len(steps) - 1)]
     with warnings.catch_warnings():
         # Ray Data retries dead workers forever unless told otherwise, and a video that crashes
@@ -207,20 +213,80 @@ def build_dataset(job: ShardJob, shards: list[tuple[int, bytes]], max_workers: i
             group = steps[first : last + 1]
             main = any(step.main for step in group)
             options = _resources(job.settings, main)
+            size = (job.settings.workers or max_workers) if main else None
             if any(step.stateful for step in group):
-                size = job.settings.workers or max_workers if main else None
                 dataset = dataset.map_batches(
                     StepsWorker, fn_constructor_args=(job, first, last),
                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
                     max_task_retries=CRASH_RETRIES, **options)
             else:
                 shards_per_process = max(1, recycle_after_items // max(1, rows_per_shard))
-                size = (job.settings.workers or max_workers) if main else None
                 dataset = dataset.map_batches(
                     _run_steps_task, fn_args=(job, first, last), max_calls=shards_per_process,
                     compute=ray.data.TaskPoolStrategy(size=size),
                     max_retries=CRASH_RETRIES, **options)
-    return dataset
+    return dataset, pipelined(job)
+
+
+# ---- a last step run by a Ray Data transform ------------------------------------------------------
+
+# The columns of the per-item rows a transform gets and must hand back beside its result.
+DATASET_KEEP = ("_shard", "_index", "_count", "_key", "_carry", "_item")
+
+
+def item_of(row: dict) -> dict:
+    """The item (as the steps before left it) that a transform's row stands for."""
+    return pickle.loads(row["_item"])
+
+
+def answered(row: dict, result: dict | Failure) -> dict:
+    """The row a transform returns for `row`: the runner's columns and the item's result (a row
+    of the stage's schema, or a Failure)."""
+    return {**{key: row[key] for key in DATASET_KEEP if key != "_item"}, "_result": pickle.dumps(result)}
+
+
+def _through_transform(job: ShardJob, dataset, transform):
+    # Steps before the last run per shard as usual (at least start_shard: upstream columns and
+    # failures), the shard is spread into one row per item for the transform, and its rows are
+    # gathered again to be written. The gathering waits for every shard (a shuffle), so shards
+    # commit only once all are answered; a rerun still recomputes only uncommitted shards.
+    last = len(job.stage.steps) - 1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        dataset = dataset.map_batches(_run_steps_task, fn_args=(job, 0, last - 1), batch_size=1,
+                                      batch_format="pyarrow", max_retries=CRASH_RETRIES)
+    dataset = transform(dataset.flat_map(_spread, fn_args=(job.stage.key,)), DATASET_KEEP)
+    return dataset.groupby("_shard").map_groups(_gather_and_write, fn_args=(job,), batch_format="pyarrow")
+
+
+def _spread(row: dict, key: str) -> list[dict]:
+    """One row per item of a shard; the first carries the shard's failures so far. A shard with no
+    item left makes no row: the driver then writes it through `isolate`, which loads nothing."""
+    flight: InFlight = pickle.loads(row["payload"])
+    carry = pickle.dumps(InFlight(flight.shard, [], flight.failures, flight.seconds))
+    return [{"_shard": flight.shard, "_index": i, "_count": len(flight.items), "_key": item[key],
+             "_carry": carry if i == 0 else b"", "_item": pickle.dumps(item)} for i, item in enumerate(flight.items)]
+
+
+def _gather_and_write(group: pa.Table, job: ShardJob) -> pa.Table:
+    rows = sorted(group.to_pylist(), key=lambda r: r["_index"])
+    if not rows or len(rows) != rows[0]["_count"]:
+        return _SUMMARY.empty_table()  # incomplete: the driver isolates the shard
+    flight: InFlight = pickle.loads(rows[0]["_carry"])
+    started = time.perf_counter()
+    for row in rows:
+        result = pickle.loads(row["_result"])
+        if isinstance(result, Failure):
+            flight.failures.append(failure_row(job.stage, {job.stage.key: row["_key"]}, result))
+        else:
+            flight.items.append(result)
+    flight.seconds += time.perf_counter() - started
+    return pa.Table.from_pylist([write_shard(job, flight)], schema=_SUMMARY)
+
+
+# What a shard's last worker hands the driver (see `write_shard`).
+_SUMMARY = pa.schema([("shard", pa.int64()), ("files", pa.string()), ("seconds", pa.float64()),
+                      ("write_error", pa.string())])
 
 
 def _resources(settings: RunSettings, main: bool) -> dict[str, Any]:
@@ -257,6 +323,9 @@ def isolate(job: ShardJob, shard: int, payload: bytes) -> dict:
 
     started = time.perf_counter()
     whole = start_shard(job, shard, payload)
+    if whole.items:  # (a shard with nothing left to compute never reaches a step's workers)
+        log.warning("%s: shard %d did not come back from its workers (they died %d times); running it one item "
+                    "at a time", job.stage.name, shard, CRASH_RETRIES + 1)
     actor_class = ray.remote(max_restarts=0, max_task_retries=0, num_cpus=job.settings.num_cpus,
                              num_gpus=job.settings.num_gpus)(_IsolationWorker)
     worker = None

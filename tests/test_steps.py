@@ -173,3 +173,47 @@ def test_asking_for_more_gpus_than_the_cluster_has_is_a_clear_error(tmp_path, ra
     config = ReaderConfig(run=RunSettings(num_gpus=2))  # the test session's Ray has 1
     with pytest.raises(ConfigError, match=r"reader.run.num_gpus=2 .* than the Ray cluster has \(1\)"):
         run_stage(store, READER, config, inputs, RunnerConfig(progress=False))
+
+
+# ---- a last step handed to a Ray Data transform (as Ray Data LLM's processor is) -------------------
+
+
+def _transform_for(config):
+    if not config.crash_on:  # reuse the field: "transform" turns the Ray Data path on
+        return None
+
+    def transform(dataset, keep):
+        from pipeline.stage import Failure
+        from pipeline.workers import answered, item_of
+
+        def answer(row):
+            item = item_of(row)
+            if item["doubled"] == 8:  # v-004: the transform itself reports a failure for one item
+                return answered(row, Failure("generation_error", "no answer for four"))
+            return answered(row, {"video_id": item["video_id"], "plus_one": item["doubled"] + 1,
+                                  "pids": item["pids"] + [os.getpid()]})
+
+        return dataset.map(answer)
+
+    return transform
+
+
+TRANSFORMED = Stage(**{**READER.__dict__, "name": "transformed",
+                       "steps": (Step("mark", _mark_setup, main=False),
+                                 Step("embed", _embed_setup, stateful=True, dataset=_transform_for))})
+
+
+def test_a_last_step_can_be_a_ray_data_transform(tmp_path, ray_session):
+    store = Store.open(str(tmp_path / "out"))
+    inputs = _toy_then(store, 9, bad=(2, 6, 7))  # shard 3 (v-006, v-007) has nothing left to compute
+    config = ReaderConfig(crash_on="transform")
+    result = run_stage(store, TRANSFORMED, config, inputs, RunnerConfig(rows_per_shard=2, progress=False))
+    rows = {r["video_id"]: r["plus_one"] for r in read(store, "transformed", result.version).to_pylist()}
+    assert rows == {f"v-{i:03d}": 2 * i + 1 for i in (0, 1, 3, 5, 8)}
+    failures = {f["item_id"]: f["reason"] for f in read(store, "failures", "transformed", result.version).to_pylist()}
+    assert failures == {"v-002": "upstream_failed", "v-004": "generation_error", "v-006": "upstream_failed",
+                        "v-007": "upstream_failed"}
+    assert outputs.read_manifest(store, "transformed", result.version)["num_shards"] == 5
+    # Without a transform for this config the same stage runs its workers as usual.
+    plain = run_stage(store, TRANSFORMED, ReaderConfig(), inputs, RunnerConfig(rows_per_shard=2, progress=False))
+    assert plain.version != result.version and plain.rows == 6

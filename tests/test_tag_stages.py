@@ -156,3 +156,35 @@ def test_textual_tags_with_the_tiny_llm(tmp_path, ray_session, tiny_lm, request,
         assert row["output_tokens"] > 0 and row["prompt_tokens"] > 0
         assert row["finish_reason"] in ("stop", "length") and isinstance(row["tags"], list)
         assert row["prompt_sha256"] == load_prompt("macvr_textual_tags").sha256
+
+
+def _stand_in_processor(cls, config, to_request, *, keep=(), chat=True, multimodal=False, **overrides):
+    """Stands in for Ray Data LLM's processor, which needs vLLM and a GPU: its contract (one output
+    row per input row, the result's fields beside the `keep` columns) with a fixed answer, so the
+    test checks the stage's wiring around it, not generation."""
+    from dataclasses import asdict
+
+    from pipeline.engines.base import GenerationResult
+
+    assert chat is False and multimodal is False and overrides == {"concurrency": 1}
+
+    def answer(row):
+        request = to_request(row)
+        assert request.prompt.endswith("ASSISTANT:") and request.max_tokens == 160
+        result = GenerationResult(request.id, "1. Guitar\n2. Music", "stop", prompt_tokens=9, output_tokens=6)
+        return {**asdict(result), **{name: row[name] for name in keep}}
+
+    return lambda dataset: dataset.map(answer)
+
+
+def test_a_vllm_engine_runs_the_stage_through_ray_data_llm(tmp_path, ray_session, monkeypatch):
+    from pipeline.engines.config import VllmEngineConfig
+    from pipeline.engines.vllm_engine import VllmEngine
+
+    monkeypatch.setattr(VllmEngine, "processor", classmethod(_stand_in_processor))
+    store = Store.open(str(tmp_path / "out"))
+    config = TextualTagsConfig(engine=VllmEngineConfig(model="meta-llama/Llama-3.1-8B-Instruct", revision="abc"))
+    result = run_stage(store, STAGES["textual_tags"], config, _captions(store), RUNNER)
+    rows = _table(store, "textual_tags", result.version)
+    assert len(rows) == 12 and {tuple(r["tags"]) for r in rows} == {("guitar", "music")}
+    assert {r["seed"] for r in rows} == {request_seed(0, r["request_id"]) for r in rows}

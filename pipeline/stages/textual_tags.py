@@ -16,7 +16,7 @@ import pyarrow as pa
 from pipeline.engines.config import EngineConfig, TransformersEngineConfig
 from pipeline.schema import TAGS
 from pipeline.stage import ModelRunSettings, Stage, Step
-from pipeline.tagging import SamplingSettings, asker, fan_out, tag_stage_identity
+from pipeline.tagging import SamplingSettings, asker, fan_out, tag_stage_identity, vllm_transform
 
 DEFAULT_LLM = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -36,13 +36,21 @@ def textual_tags_items(config: TextualTagsConfig, inputs) -> pa.Table:
     return fan_out(captions, "caption_id", config.sampling.temperatures)
 
 
-def _ask_setup(config: TextualTagsConfig):
+def _words_for(config: TextualTagsConfig):
     def words(prompt, item: dict) -> dict:
         if config.chat_template:
             return {"messages": prompt.as_messages(caption=item["text"])}
         return {"prompt": prompt.render(caption=item["text"])}
 
-    return asker(config, words)
+    return words
+
+
+def _ask_setup(config: TextualTagsConfig):
+    return asker(config, _words_for(config))
+
+
+def _ask_dataset(config: TextualTagsConfig):
+    return vllm_transform(config, _words_for(config), chat=config.chat_template, multimodal=False)
 
 
 STAGE = Stage(
@@ -53,6 +61,6 @@ STAGE = Stage(
     config_type=TextualTagsConfig,
     schema=TAGS,
     items=textual_tags_items,
-    steps=(Step("ask", _ask_setup, stateful=True),),
+    steps=(Step("ask", _ask_setup, stateful=True, dataset=_ask_dataset),),
     identity=tag_stage_identity,
 )

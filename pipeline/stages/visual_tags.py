@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipeline.engines.config import EngineConfig, TransformersEngineConfig
 from pipeline.schema import TAGS
 from pipeline.stage import ModelRunSettings, Stage, Step
-from pipeline.tagging import SamplingSettings, asker, fan_out, tag_stage_identity
+from pipeline.tagging import SamplingSettings, asker, fan_out, tag_stage_identity, vllm_transform
 
 DEFAULT_VLM = "llava-hf/LLaVA-NeXT-Video-7B-hf"
 
@@ -51,8 +51,16 @@ def _decode_setup(config: VisualTagsConfig):
     return lambda items: [decode(item) for item in items]
 
 
+def _words(prompt, item: dict) -> dict:
+    return {"messages": prompt.as_messages(), "frames": item["pixels"]}
+
+
 def _ask_setup(config: VisualTagsConfig):
-    return asker(config, lambda prompt, item: {"messages": prompt.as_messages(), "frames": item["pixels"]})
+    return asker(config, _words)
+
+
+def _ask_dataset(config: VisualTagsConfig):
+    return vllm_transform(config, _words, chat=True, multimodal=True)
 
 
 STAGE = Stage(
@@ -63,7 +71,7 @@ STAGE = Stage(
     config_type=VisualTagsConfig,
     schema=TAGS,
     items=visual_tags_items,
-    steps=(Step("decode", _decode_setup, main=False), Step("ask", _ask_setup, stateful=True)),
+    steps=(Step("decode", _decode_setup, main=False), Step("ask", _ask_setup, stateful=True, dataset=_ask_dataset)),
     reads={"vlm_frames": ("frames",)},
     identity=tag_stage_identity,
 )
