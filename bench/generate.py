@@ -9,7 +9,9 @@ values) and the tiny byte-level tokenizer, through:
 - `transformers` in-process (`TransformersEngine`: static batched `generate`, requests grouped by
   prompt length), at each `--batch` size;
 - `openai`: the same model behind a real local `transformers serve`, through `OpenAIEngine` with
-  `--concurrency` requests in flight.
+  `--concurrency` requests in flight;
+- `generate_batch`: transformers' continuous batching on the same prompts, called directly,
+  greedy (it takes no per-request seeds, which the engine's reproducible sampling needs).
 Random weights rarely emit end-of-sequence, but sometimes do: output tokens are counted as
 generated. Medians of the rounds, as Markdown for BENCHMARKS.md.
 """
@@ -83,6 +85,28 @@ def timed(engine, batch: list[GenerationRequest]) -> tuple[float, int]:
     return seconds, sum(r.output_tokens for r in results)
 
 
+class ContinuousBatching:
+    """transformers' `generate_batch` over the requests' prompts, greedy: for comparison only."""
+
+    def __init__(self, model: str):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.network = AutoModelForCausalLM.from_pretrained(model).eval()
+
+    def generate(self, batch: list[GenerationRequest]):
+        from transformers import GenerationConfig
+
+        from pipeline.engines.base import GenerationResult
+
+        config = GenerationConfig(max_new_tokens=batch[0].max_tokens, do_sample=False,
+                                  eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        ids = [self.tokenizer(r.prompt)["input_ids"] for r in batch]
+        outputs = self.network.generate_batch(ids, generation_config=config, warmup=False)
+        return [GenerationResult(r.id, "", "stop", output_tokens=len(o.generated_tokens))
+                for r, o in zip(batch, outputs.values())]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=64)
@@ -112,6 +136,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as logs, transformers_serve(model, Path(logs) / "serve.log") as url:
         engines[f"openai (transformers serve), {args.concurrency} in flight"] = OpenAIEngine(
             OpenAIEngineConfig(model=model, base_url=url, max_concurrency=args.concurrency, timeout_seconds=600))
+        engines["transformers generate_batch (continuous batching, greedy)"] = ContinuousBatching(model)
         for name, engine in engines.items():
             engine.generate(work[:2])  # warm-up
         for _ in range(args.rounds):

@@ -53,6 +53,7 @@ from pipeline.workers import (
     ShardJob,
     build_dataset,
     isolate,
+    streams,
 )
 
 log = logging.getLogger(__name__)
@@ -348,10 +349,11 @@ def _execute(job: ShardJob, shards: list[tuple[int, bytes]], runner: RunnerConfi
         raise config_lib.ConfigError(
             f"config value {job.stage.name}.run.num_gpus={job.settings.num_gpus:g} asks for more GPUs per worker "
             f"than the Ray cluster has ({gpus:g}); set it to 0 to run on CPUs")
-    finished = set()
-    dataset, streamed = build_dataset(job, shards, runner.max_workers, runner.recycle_after_items, rows_per_shard)
+    # Before the dataset is built: a Dataset keeps the context it was created under.
     DataContext.get_current().set_config("backpressure_policies.enabled",
-                                         _backpressure_policies(job, runner, streamed))
+                                         _backpressure_policies(job, runner, streams(job)))
+    finished = set()
+    dataset = build_dataset(job, shards, runner.max_workers, runner.recycle_after_items, rows_per_shard)
     with warnings.catch_warnings():
         # Fewer shards than workers (a small run) is fine; Ray Data warns about it.
         warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")

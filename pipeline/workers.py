@@ -189,20 +189,30 @@ def pipelined(job: ShardJob) -> bool:
     return job.settings.num_gpus > 0 and len(job.stage.steps) > 1
 
 
+def last_step_transform(job: ShardJob):
+    """The Ray Data transform the last step hands its work to for this config, or None."""
+    last = job.stage.steps[-1]
+    return last.dataset(job.config) if last.dataset is not None else None
+
+
+def streams(job: ShardJob) -> bool:
+    """Whether the stage's operators stream into one another (rather than one map per shard)."""
+    return pipelined(job) or last_step_transform(job) is not None
+
+
 def build_dataset(job: ShardJob, shards: list[tuple[int, bytes]], max_workers: int | None,
                   recycle_after_items: int, rows_per_shard: int):
     """The Ray Data pipeline over the pending shards: one map per group of steps, or, when the
     last step hands its work to a Ray Data transform, the steps before it, then the transform over
-    one row per item, then the rows regrouped by shard and written. Returns the dataset and
-    whether its operators stream into each other (rather than being one map per shard)."""
+    one row per item, then the rows regrouped by shard and written."""
     import ray
 
     tasks = [{"shard": shard, "payload": payload} for shard, payload in shards]
     dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks))
     steps = job.stage.steps
-    transform = steps[-1].dataset(job.config) if steps[-1].dataset is not None else None
+    transform = last_step_transform(job)
     if transform is not None:
-        return _through_transform(job, dataset, transform), True
+        return _through_transform(job, dataset, transform)
     groups = [(i, i) for i in range(len(steps))] if pipelined(job) else [(0, len(steps) - 1)]
     with warnings.catch_warnings():
         # Ray Data retries dead workers forever unless told otherwise, and a video that crashes
@@ -225,7 +235,7 @@ def build_dataset(job: ShardJob, shards: list[tuple[int, bytes]], max_workers: i
                     _run_steps_task, fn_args=(job, first, last), max_calls=shards_per_process,
                     compute=ray.data.TaskPoolStrategy(size=size),
                     max_retries=CRASH_RETRIES, **options)
-    return dataset, pipelined(job)
+    return dataset
 
 
 # ---- a last step run by a Ray Data transform ------------------------------------------------------
