@@ -1,4 +1,4 @@
-"""`tvr`: the command line over the library (manifest, run, demo, status, verify, stats, prompts).
+"""`tvr`: the command line over the library (manifest, run, train, eval, demo, status, verify, stats, prompts).
 
 Errors a user can act on (a bad key, an unreadable annotation file, a damaged or busy output, a
 full disk) are printed as one line naming the file or key, with exit status 2 for what the
@@ -44,17 +44,43 @@ def _cmd_demo(args) -> int:
     from pipeline.demo import run_demo
     from pipeline.status import collect, render
     from pipeline.tag_stats import format_statistics, tag_statistics
+    from pipeline.train.loop import format_metrics
     from pipeline.verify import verify
 
-    run_demo(Path(args.out), workers=args.workers)
+    _, metrics = run_demo(Path(args.out), workers=args.workers)
     print()
     print(render(collect(args.out)))
     print()
     print(format_statistics(*tag_statistics(args.out)))
+    print(f"\ntraining (xpool, {metrics['epoch']} epochs on the demo's features, random models: chance-level "
+          f"figures), checkpoint in {args.out}/train/:")
+    print(format_metrics(metrics))
     report = verify(args.out)
     print(report.render().splitlines()[-1] if report.ok else report.render())
     print(f"\nParquet shards are under {args.out}/ (try: tvr status {args.out})")
     return 0 if report.ok else 1
+
+
+def _cmd_train(args) -> int:
+    from pipeline import config as config_lib
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.loop import format_metrics, run_training
+
+    cfg = config_lib.load(TrainConfig, args.config, args.set)
+    metrics = run_training(cfg)
+    print(f"epoch {metrics['epoch']}, loss {metrics['loss']:.4f}")
+    print(format_metrics(metrics))
+    print(f"checkpoint, config and metrics in {cfg.output_dir}/ (evaluate with: tvr eval {cfg.output_dir})")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from pipeline.train.loop import evaluate_checkpoint, format_metrics
+
+    metrics = evaluate_checkpoint(args.checkpoint)
+    print(f"epoch {metrics['epoch']}")
+    print(format_metrics(metrics))
+    return 0
 
 
 def _cmd_status(args) -> int:
@@ -171,6 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="tvr-demo", help="output folder (default: tvr-demo)")
     demo.add_argument("--workers", type=int, default=None, help="parallel workers per stage")
     demo.set_defaults(func=_cmd_demo)
+
+    train = command("train", help="train a retrieval head on frame_features (and the CLIP text encoder)")
+    train.add_argument("config", help="YAML config, e.g. jobs/configs/train/msrvtt_xpool.yaml")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. optim.epochs=1")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = command("eval", help="test metrics of a training checkpoint, every inference strategy")
+    evaluate.add_argument("checkpoint", help="checkpoint.pt, or the training output folder holding it")
+    evaluate.set_defaults(func=_cmd_eval)
 
     status = command("status", help="versions, shards, rows and failures per stage")
     status.add_argument("out")

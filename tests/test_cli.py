@@ -205,3 +205,13 @@ def test_demo_tags_every_video_and_caption_at_four_temperatures(demo_out):
             assert {f["reason"] for f in failures} == {"upstream_failed"}
         else:
             assert len(by_item) == len(DEMO_CLIPS) + 2 and not failures
+
+
+def test_demo_ends_with_a_short_training_run(demo_out):
+    lines = (demo_out / "train" / "metrics.json").read_text()
+    assert (demo_out / "train" / "checkpoint.pt").exists() and (demo_out / "train" / "config.yaml").exists()
+    code, printed = _tvr("eval", str(demo_out / "train"))
+    assert code == 0, printed
+    for direction in ("t2v", "v2t"):
+        for strategy in ("none", "dsl", "qbnorm"):
+            assert f"{direction} {strategy}" in printed and strategy in lines

@@ -1,0 +1,92 @@
+"""The training config: one tree of dataclasses, defaults <- YAML <- `--set` (Meta Lingua style).
+
+    cfg = config.load(TrainConfig, "jobs/configs/train/msrvtt_xpool.yaml", ["optim.epochs=1"])
+
+`pipeline.config.build` rejects unknown keys and values out of range in one line; the resolved
+tree is saved beside each checkpoint as `config.yaml`, so `tvr eval` rebuilds exactly this run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.config import bounds
+
+# The stage outputs a run reads; `data.versions` may pin any of them (else each one's LATEST).
+INPUT_STAGES = ("frame_features", "captions", "visual_tags", "textual_tags")
+
+
+@dataclass
+class DataConfig:
+    out: str  # the pipeline's output folder (or pyarrow.fs URI)
+    versions: dict[str, str] = field(default_factory=dict)  # stage -> version; unnamed stages: LATEST
+    train_split: str = "train"
+    test_split: str = "test"
+    num_frames: int = field(default=12, metadata=bounds(min=1))  # per video, uniformly from the stored frames
+    # MAC-VR tag sentences "a video of t1, t2, ..." (REFERENCE.md "Tags"): N random tags per step in
+    # training, the first M at test. Off by default; the heads here do not read them yet (MAC-VR does).
+    tags: bool = False
+    visual_tags_train: int = field(default=8, metadata=bounds(min=1))
+    visual_tags_test: int = field(default=10, metadata=bounds(min=1))
+    textual_tags_train: int = field(default=10, metadata=bounds(min=1))
+    textual_tags_test: int = field(default=8, metadata=bounds(min=1))
+    # Training frame features are read part by part and kept in an LRU cache of this many part files
+    # (a 32-video part of 12 x 512 float16 frames is about 0.4 MB).
+    cache_parts: int = field(default=256, metadata=bounds(min=1))
+
+    def __post_init__(self):
+        unknown = sorted(set(self.versions) - set(INPUT_STAGES))
+        if unknown:
+            raise ValueError(f"versions names {', '.join(unknown)}; known stages: {', '.join(INPUT_STAGES)}")
+        if not self.out:
+            raise ValueError("out is empty: name the pipeline's output folder")
+
+
+@dataclass
+class ModelConfig:
+    head: Literal["meanpool", "xpool"] = "meanpool"
+    # xpool's attention temperature (MAC-VR Eq. 1's tau_a): None divides by sqrt(d), as X-Pool.
+    tau_a: float | None = field(default=None, metadata=bounds(above=0))
+    dropout: float = field(default=0.3, metadata=bounds(min=0, below=1))  # xpool's (X-Pool: 0.3)
+    # The contrastive temperature's start: CLIP initialises its logit scale to 1 / 0.07 (CLIP Sec. 2.5).
+    temperature: float = field(default=0.07, metadata=bounds(above=0))
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = field(default=5, metadata=bounds(min=1))
+    batch_size: int = field(default=32, metadata=bounds(min=2))
+    lr: float = field(default=1e-5, metadata=bounds(above=0))  # the head (and the logit scale)
+    text_lr: float = field(default=0.0, metadata=bounds(min=0))  # the CLIP text encoder; 0 keeps it frozen
+    weight_decay: float = field(default=0.2, metadata=bounds(min=0))
+    warmup_fraction: float = field(default=0.1, metadata=bounds(min=0, below=1))  # of all steps
+    grad_clip: float | None = field(default=None, metadata=bounds(above=0))
+
+
+@dataclass
+class EvalConfig:
+    dsl_temperature: float = field(default=0.01, metadata=bounds(above=0))  # REFERENCE.md "Dual softmax"
+    # QB-Norm (REFERENCE.md): k, beta, theta; the querybank is this many training captions (t2v) and
+    # training videos (v2t), drawn with the run's seed. Bounded so that evaluation cost stays bounded.
+    qb_k: int = field(default=1, metadata=bounds(min=1))
+    qb_beta: float = field(default=20.0, metadata=bounds(above=0))
+    qb_theta: int = field(default=1, metadata=bounds(min=1))
+    querybank_size: int = field(default=5000, metadata=bounds(min=1))
+    chunk: int = field(default=256, metadata=bounds(min=1))  # texts scored against all videos at once
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "auto"  # auto (cuda when there is one), cpu, cuda, cuda:N
+    output_dir: str = "runs/train"  # checkpoint.pt, config.yaml, metrics.json
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.data.tags and self.model.head in ("meanpool", "xpool"):  # better refused than ignored
+            raise ValueError(f"data.tags is true, but the {self.model.head} head reads no tags (MAC-VR's will)")

@@ -1,0 +1,208 @@
+"""The training data: captions with their videos' frame features, read from a pipeline OUT folder.
+
+    train, test, model = load_splits(cfg.data)   # model: the CLIP checkpoint frame_features used
+    for rows in train.batches(32, epoch=0, seed=0):
+        texts = train.texts(rows, epoch=0, seed=0)  # caption texts
+        frames = train.frames(rows)                 # float32 [B, num_frames, dim]
+
+Promises: a split is one row per caption whose video has frame features (MSR-VTT style: several
+captions per video in training, `text_to_video` mapping each test caption to its column among the
+test videos, for the metrics). Versions are the ones `data.versions` names, else each stage's
+LATEST; a missing stage output is an `InputNotReadyError` that says which command makes it.
+Frame features are read per part file through an LRU cache of `data.cache_parts` parts, never the
+whole dataset at once; the test split's videos are read once and held (small, scored every epoch).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.outputs import InputNotReadyError, latest, read_manifest
+from pipeline.stage import InputReader, StageOutput
+from pipeline.storage import Store
+from pipeline.tags import first_tags, sample_tags, tag_sentence
+from pipeline.train.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+_HOW = {
+    "frame_features": "run `tvr run CONFIG --stages frame_features`",
+    "captions": "run `tvr manifest FORMAT ...` or `tvr run CONFIG`",
+    "visual_tags": "run `tvr run CONFIG --stages visual_tags`, or set data.tags=false",
+    "textual_tags": "run `tvr run CONFIG --stages textual_tags`, or set data.tags=false",
+}
+
+
+def _output(store: Store, data: DataConfig, stage: str) -> StageOutput:
+    """The version of `stage` the config names, else LATEST; a clear error when there is none."""
+    version = data.versions.get(stage)
+    if version is None:
+        found = latest(store, stage)
+        if found is None:
+            raise InputNotReadyError(f"no {stage} in {data.out}: {_HOW[stage]}")
+        return found
+    manifest = read_manifest(store, stage, version)
+    if not manifest or not manifest.get("complete"):
+        raise InputNotReadyError(f"no complete {stage} version {version} in {data.out}: {_HOW[stage]}")
+    return StageOutput(stage, version)
+
+
+def frames_of(features: np.ndarray, num_frames: int) -> np.ndarray:
+    """`num_frames` rows picked uniformly (first to last) from a [n, dim] matrix; repeats when n is
+    smaller, as keyframes repeats frames of a short video."""
+    picks = np.linspace(0, len(features) - 1, num_frames).round().astype(int)
+    return features[picks]
+
+
+class FrameStore:
+    """Frame features by video id, read from the committed part files one part at a time, with an
+    LRU cache of `cache_parts` parts (float16, as stored)."""
+
+    def __init__(self, store: Store, output: StageOutput, num_frames: int, cache_parts: int):
+        locations, self.paths = InputReader(store, output).locations("video_id")
+        loc = locations.to_pydict()
+        self.where = {v: (p, r) for v, p, r in zip(loc["video_id"], loc["part"], loc["row"])}
+        self.store, self.num_frames, self.cache_parts = store, num_frames, cache_parts
+        self.cache: OrderedDict[int, list[np.ndarray]] = OrderedDict()
+
+    def _part(self, part: int) -> list[np.ndarray]:
+        if part in self.cache:
+            self.cache.move_to_end(part)
+            return self.cache[part]
+        column = pq.read_table(self.store.path(self.paths[part]), columns=["features"],
+                               filesystem=self.store.fs).column("features").combine_chunks()
+        # list<fixed_size_list<float16, dim>>: flatten twice to one [total_frames, dim] block.
+        block = column.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.value_type.list_size)
+        ends = np.cumsum(column.value_lengths().to_numpy())
+        videos = [frames_of(m, self.num_frames) for m in np.split(block, ends[:-1])]
+        self.cache[part] = videos
+        if len(self.cache) > self.cache_parts:
+            self.cache.popitem(last=False)
+        return videos
+
+    def get(self, video_ids: list[str]) -> torch.Tensor:
+        """float32 [len(video_ids), num_frames, dim]."""
+        out = []
+        for video_id in video_ids:
+            part, row = self.where[video_id]
+            out.append(self._part(part)[row])
+        return torch.from_numpy(np.stack(out).astype(np.float32))
+
+
+@dataclass
+class Split:
+    """One row per caption: its text, its video (an index into `video_ids`), optional tags."""
+
+    name: str
+    caption_ids: list[str]
+    captions: list[str]
+    video_ids: list[str]  # the split's videos with features and at least one caption, sorted
+    text_to_video: np.ndarray  # int64, one per caption
+    frame_store: FrameStore
+    visual_tags: list[list[str]] | None  # per video
+    textual_tags: list[list[str]] | None  # per caption
+    visual_n: tuple[int, int] = (8, 10)  # (N tags sampled per training step, the first M at test)
+    textual_n: tuple[int, int] = (10, 8)
+    held: torch.Tensor | None = None  # every video's frames, float16, once `hold()` read them
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def batches(self, batch_size: int, epoch: int, seed: int, shuffle: bool = True) -> list[np.ndarray]:
+        """Caption rows in batches: a seeded permutation per epoch (training) or in order."""
+        order = np.random.default_rng([seed, epoch]).permutation(len(self)) if shuffle else np.arange(len(self))
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def texts(self, rows) -> list[str]:
+        return [self.captions[i] for i in rows]
+
+    def frames(self, rows) -> torch.Tensor:
+        """float32 [len(rows), num_frames, dim]: each caption's video's frames."""
+        return self.frame_store.get([self.video_ids[self.text_to_video[i]] for i in rows])
+
+    def hold(self) -> None:
+        """Read every video's frames once and keep them (the test split: small, scored every epoch)."""
+        self.held = self.video_frames().half()
+
+    def video_frames(self, videos=None) -> torch.Tensor:
+        """float32 [V, num_frames, dim] of the split's videos (all of them, or these indices)."""
+        if videos is None and self.held is not None:
+            return self.held.float()  # float16 as stored, so the round trip is exact
+        indices = range(len(self.video_ids)) if videos is None else videos
+        return self.frame_store.get([self.video_ids[v] for v in indices])
+
+    def tag_sentences(self, rows, epoch: int | None, seed: int = 0) -> dict[str, list[str]]:
+        """MAC-VR's "a video of ..." sentences per row: in training (an epoch given) N tags sampled
+        with a seed per (seed, epoch, row), at test the first M. Empty when tags are off."""
+        out = {}
+        for name, tags, (n, m) in (("visual", self.visual_tags, self.visual_n),
+                                   ("textual", self.textual_tags, self.textual_n)):
+            if tags is None:
+                continue
+            if name == "visual":
+                per_row = [tags[self.text_to_video[i]] for i in rows]
+            else:
+                per_row = [tags[i] for i in rows]
+            out[name] = [tag_sentence(first_tags(t, m) if epoch is None else
+                                      sample_tags(t, n, (seed * 1_000_003 + epoch) * 1_000_003 + int(i)))
+                         for t, i in zip(per_row, rows)]
+        return out
+
+
+def _split(name: str, captions: dict, features: FrameStore, visual: dict | None, textual: dict | None,
+           data: DataConfig) -> Split:
+    rows = [i for i, s in enumerate(captions["split"]) if s == name]
+    kept = [i for i in rows if captions["video_id"][i] in features.where]
+    if len(kept) < len(rows):
+        log.warning("%s split: %d of %d captions have no frame features and are left out", name,
+                    len(rows) - len(kept), len(rows))
+    if not kept:
+        raise InputNotReadyError(f"no {name} captions with frame features in {data.out} "
+                                 f"(splits there: {', '.join(sorted(set(captions['split'])))})")
+    video_ids = sorted({captions["video_id"][i] for i in kept})
+    index = {v: k for k, v in enumerate(video_ids)}
+    caption_ids = [captions["caption_id"][i] for i in kept]
+    return Split(
+        name=name, caption_ids=caption_ids, captions=[captions["text"][i] for i in kept], video_ids=video_ids,
+        text_to_video=np.array([index[captions["video_id"][i]] for i in kept], np.int64), frame_store=features,
+        visual_tags=None if visual is None else [visual.get(v, []) for v in video_ids],
+        textual_tags=None if textual is None else [textual.get(c, []) for c in caption_ids],
+        visual_n=(data.visual_tags_train, data.visual_tags_test),
+        textual_n=(data.textual_tags_train, data.textual_tags_test),
+    )
+
+
+def load_splits(data: DataConfig) -> tuple[Split, Split, dict]:
+    """(train, test, checkpoint): the splits, and the CLIP checkpoint frame_features used
+    ({"model", "revision"}), whose text tower the trainer must use so that both sides match."""
+    from pipeline.tag_stats import merged_tags
+
+    store = Store.open(data.out)
+    features = _output(store, data, "frame_features")
+    identity = (read_manifest(store, features.stage, features.version) or {}).get("identity", {})
+    model = identity.get("config", {}).get("model")
+    if not model:
+        raise InputNotReadyError(f"{data.out}/{features.path}/_manifest.json names no model")
+    checkpoint = {"model": model, "revision": identity["config"].get("revision")}
+    captions = InputReader(store, _output(store, data, "captions")).table(
+        columns=["caption_id", "video_id", "text", "split"]).to_pydict()
+    visual = textual = None
+    if data.tags:
+        visual = _tag_map(merged_tags(store, "visual_tags", _output(store, data, "visual_tags").version))
+        textual = _tag_map(merged_tags(store, "textual_tags", _output(store, data, "textual_tags").version))
+    frames = FrameStore(store, features, data.num_frames, data.cache_parts)
+    train = _split(data.train_split, captions, frames, visual, textual, data)
+    test = _split(data.test_split, captions, frames, visual, textual, data)
+    test.hold()
+    return train, test, checkpoint
+
+
+def _tag_map(table) -> dict[str, list[str]]:
+    columns = table.select(["item_id", "tags"]).to_pydict()
+    return dict(zip(columns["item_id"], columns["tags"]))

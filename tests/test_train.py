@@ -1,0 +1,294 @@
+"""The training module: heads, schedule, data, and the loop learning a planted signal.
+
+The planted OUT folder goes through the real storage layer: the manifest's videos and captions
+from `write_dataset_manifest`, and a `frame_features` version written by `run_stage` over a test
+stage whose frames are each video's (centred) caption embedding from the tiny CLIP, turned by a
+fixed random rotation, plus noise. The rotation hides the signal from plain cosine similarity
+(zero-shot is at chance), so a head that scores well has learned it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import yaml
+
+from pipeline import config as config_lib
+from pipeline.cli import main
+from pipeline.config import ConfigError
+from pipeline.manifest import write_dataset_manifest
+from pipeline.models.tiny import build_tiny_clip
+from pipeline.outputs import InputNotReadyError
+from pipeline.runner import RunnerConfig, run_stage
+from pipeline.schema import CAPTIONS, MANIFEST_PROBLEMS, VIDEOS, frame_features_schema
+from pipeline.stage import Stage, Step
+from pipeline.storage import Store
+from pipeline.train.config import ModelConfig, TrainConfig
+from pipeline.train.data import Split, frames_of, load_splits
+from pipeline.train.heads import MeanPool, XPool
+from pipeline.train.loop import evaluate_checkpoint, lr_factor, run_training
+
+WORDS = ("dog cat man woman car guitar ball river kitchen street piano crowd bird field pool parade chef "
+         "child bicycle rain sofa window news monster cave song wedding lights engine school").split()
+FRAMES = 4
+TRAIN_VIDEOS, TEST_VIDEOS = 32, 16
+
+
+# ---- a planted frame_features stage ------------------------------------------------------------------
+
+
+@dataclass
+class PlantConfig:
+    model: str = ""
+    texts: dict[str, list[str]] = field(default_factory=dict)  # video id -> its captions
+
+
+def _plant_items(config, inputs):
+    return inputs["videos"].table(columns=["video_id"])
+
+
+def _plant_schema(config):
+    from pipeline.models.clip import embedding_dim
+
+    return frame_features_schema(embedding_dim(config.model, None))
+
+
+def _plant_setup(config):
+    from pipeline.models.clip import ClipText
+
+    clip = ClipText.load(config.model, device="cpu")
+    ids = sorted(config.texts)
+    means = np.stack([clip.encode(config.texts[v]).embeds.mean(axis=0) for v in ids])
+    signal = means - means.mean(axis=0)  # random CLIP embeddings share a large common part
+    signal /= np.linalg.norm(signal, axis=1, keepdims=True)
+    rng = np.random.default_rng(0)
+    rotation = np.linalg.qr(rng.normal(size=(clip.dim, clip.dim)))[0]
+    planted = {v: s @ rotation.T for v, s in zip(ids, signal)}
+
+    def plant(items):
+        rows = []
+        for item in items:
+            noise = np.random.default_rng(int(item["video_id"][5:])).normal(size=(FRAMES, clip.dim))
+            features = planted[item["video_id"]][None, :] + 0.2 * noise
+            rows.append({"video_id": item["video_id"], "frame_indices": list(range(FRAMES)),
+                         "timestamps": [0.5 * k for k in range(FRAMES)], "num_frames": FRAMES,
+                         "features": list(features.astype(np.float16))})
+        return rows
+
+    return plant
+
+
+PLANTED = Stage(name="frame_features", description="planted frame features", key="video_id", inputs=("videos",),
+                config_type=PlantConfig, schema=_plant_schema, items=_plant_items,
+                steps=(Step("plant", _plant_setup),))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> str:
+    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+def _write_manifest(out: Path) -> tuple[dict[str, list[str]], dict]:
+    """Train videos with two captions each, test videos with one (MSR-VTT 9k / 1k-A style); the
+    captions per video, and the manifest's outputs as stage inputs."""
+    rng = np.random.default_rng(1)
+    videos, captions, texts = [], [], {}
+    for i in range(TRAIN_VIDEOS + TEST_VIDEOS):
+        video, split = f"video{i}", "train" if i < TRAIN_VIDEOS else "test"
+        videos.append((video, f"{video}.mp4", split))
+        texts[video] = [" ".join(rng.choice(WORDS, 4, replace=False)) for _ in range(2 if split == "train" else 1)]
+        captions += [(f"{video}#{k}", video, text, split) for k, text in enumerate(texts[video])]
+    store = Store.open(str(out))
+    table = pa.table({"video_id": [v[0] for v in videos], "path": [v[1] for v in videos],
+                      "split": [v[2] for v in videos], "extra": [None] * len(videos)}, schema=VIDEOS)
+    caption_table = pa.table({"caption_id": [c[0] for c in captions], "video_id": [c[1] for c in captions],
+                              "text": [c[2] for c in captions], "split": [c[3] for c in captions],
+                              "extra": [None] * len(captions)}, schema=CAPTIONS)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    outputs = write_dataset_manifest(store, table, caption_table, MANIFEST_PROBLEMS.empty_table(),
+                                     str(out / "videos"), {"format": "test"})
+    return texts, outputs.as_inputs()
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, tiny_clip, ray_session) -> Path:
+    out = tmp_path_factory.mktemp("planted") / "out"
+    texts, inputs = _write_manifest(out)
+    result = run_stage(Store.open(str(out)), PLANTED, PlantConfig(model=tiny_clip, texts=texts), inputs,
+                       RunnerConfig(rows_per_shard=8, progress=False))  # 6 parts: the cache evicts
+    assert result.rows == TRAIN_VIDEOS + TEST_VIDEOS
+    return out
+
+
+def _config(out: Path, output_dir: Path, *overrides: str) -> TrainConfig:
+    return config_lib.build(TrainConfig, config_lib.apply_overrides({
+        "data": {"out": str(out), "cache_parts": 2},
+        "model": {"head": "xpool", "dropout": 0.0},
+        "optim": {"epochs": 12, "batch_size": 16, "lr": 0.03, "weight_decay": 0.0},
+        "eval": {"querybank_size": 16},
+        "device": "cpu", "progress": False, "output_dir": str(output_dir),
+    }, list(overrides), TrainConfig))
+
+
+# ---- heads and schedule -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", [MeanPool(0.07), XPool(16, ModelConfig(head="xpool", dropout=0.0))])
+def test_heads_give_every_pair_a_cosine_and_gradients_reach_everything(head):
+    torch.manual_seed(0)
+    text = torch.randn(5, 16, requires_grad=True)
+    frames = torch.randn(7, 3, 16, requires_grad=True)
+    head.eval()
+    sim = head.similarity(text, frames)
+    assert sim.shape == (5, 7) and sim.abs().max() <= 1 + 1e-5
+    # A pair's score does not depend on which other texts and videos are scored with it (evaluation chunks).
+    assert torch.allclose(head.similarity(text[2:3], frames[4:6]), sim[2:3, 4:6], atol=1e-6)
+    head.train()
+    loss = head.loss(text[:4], frames[:4])
+    loss.backward()
+    assert loss.item() > 0
+    for name, tensor in [("text", text), ("frames", frames), *head.named_parameters()]:
+        assert tensor.grad is not None and torch.isfinite(tensor.grad).all(), name
+        assert tensor.grad.abs().sum() > 0, name
+
+
+def test_the_loss_is_symmetric_infonce_with_the_logit_scale():
+    head = MeanPool(0.5)  # logit scale 2
+    text, frames = torch.eye(3), torch.eye(3)[:, None, :].repeat(1, 2, 1)
+    logits = 2 * torch.eye(3)
+    expected = torch.nn.functional.cross_entropy(logits, torch.arange(3))  # the same both ways here
+    assert torch.isclose(head.loss(text, frames), expected)
+
+
+def test_warm_up_then_cosine():
+    # 10 warm-up steps of 100: linear up to 1, then half a cosine down to 0.
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(4, 100, 10) == pytest.approx(0.5)
+    assert lr_factor(9, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0)
+    assert lr_factor(0, 10, 0) == pytest.approx(1.0)
+    after = [lr_factor(s, 100, 10) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(after, after[1:]))
+
+
+def test_frames_are_picked_uniformly_and_repeated_when_short():
+    features = np.arange(6)[:, None] * np.ones((1, 2))
+    assert frames_of(features, 3)[:, 0].tolist() == [0, 2, 5]  # rounded half to even: 2.5 -> 2
+    assert frames_of(features[:2], 4)[:, 0].tolist() == [0, 0, 1, 1]
+
+
+def test_tag_sentences_sample_n_in_training_and_take_the_first_m_at_test():
+    split = Split("train", ["c0", "c1"], ["a", "b"], ["v0"], np.array([0, 0]), frame_store=None,
+                  visual_tags=[[f"v{i}" for i in range(12)]], textual_tags=[["x", "y", "z"], ["w"]],
+                  visual_n=(3, 2), textual_n=(2, 1))
+    test = split.tag_sentences([0, 1], epoch=None)
+    assert test == {"visual": ["a video of v0, v1"] * 2, "textual": ["a video of x", "a video of w"]}
+    first = split.tag_sentences([0, 1], epoch=0, seed=7)
+    assert first == split.tag_sentences([0, 1], epoch=0, seed=7)  # seeded
+    assert all(len(s.removeprefix("a video of ").split(", ")) == 3 for s in first["visual"])
+    assert all(set(s.removeprefix("a video of ").split(", ")) <= {f"v{i}" for i in range(12)} for s in first["visual"])
+    assert first != split.tag_sentences([0, 1], epoch=1, seed=7)  # a new draw each epoch
+
+
+# ---- data -----------------------------------------------------------------------------------------------
+
+
+def test_splits_map_captions_to_their_videos(planted):
+    train, test, checkpoint = load_splits(_config(planted, planted.parent / "unused").data)
+    assert (len(train), len(train.video_ids), len(test), len(test.video_ids)) == (64, 32, 16, 16)
+    assert Path(checkpoint["model"]).name == "tiny-clip"
+    video = train.video_ids[train.text_to_video[5]]
+    assert train.caption_ids[5].split("#")[0] == video
+    assert train.frames([5]).shape == (1, 12, 16) and train.frames([5]).dtype == torch.float32
+    assert len(train.frame_store.cache) <= 2
+    pinned = (planted / "frame_features" / "LATEST").read_text().strip()
+    assert load_splits(_config(planted, planted, f"data.versions.frame_features='{pinned}'").data)[0].captions == \
+        train.captions
+    with pytest.raises(InputNotReadyError, match="no complete frame_features version nope"):
+        load_splits(_config(planted, planted, "data.versions.frame_features=nope").data)
+
+
+def test_missing_frame_features_says_which_stage_to_run(tmp_path, capsys):
+    _write_manifest(tmp_path / "out")
+    with pytest.raises(InputNotReadyError, match=r"no frame_features in .*tvr run CONFIG --stages frame_features"):
+        load_splits(_config(tmp_path / "out", tmp_path / "train").data)
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump({"data": {"out": str(tmp_path / "out")}}))
+    assert main(["train", str(tmp_path / "train.yaml")]) == 2
+    assert "no frame_features in" in capsys.readouterr().err
+
+
+# ---- config ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_keys_and_bad_values_are_rejected(tmp_path, capsys):
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({"data": {"out": "x"}, "optim": {"lrr": 1.0}}))
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'; did you mean 'optim.lr'"):
+        config_lib.load(TrainConfig, path)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "optim.lrr" in err
+    with pytest.raises(ConfigError, match="model.head"):
+        config_lib.load(TrainConfig, None, ["data.out=x", "model.head=transformer"])
+    with pytest.raises(ConfigError, match="versions names keyframes"):
+        config_lib.load(TrainConfig, None, ["data.out=x", "data.versions.keyframes=abc"])
+
+
+@pytest.mark.parametrize("name", ["msrvtt_meanpool", "msrvtt_xpool"])
+def test_the_paper_configs_load(name):
+    cfg = config_lib.load(TrainConfig, Path(__file__).parents[1] / "jobs/configs/train" / f"{name}.yaml")
+    assert cfg.data.num_frames == 12 and cfg.model.head == name.split("_")[1]
+
+
+# ---- the loop ---------------------------------------------------------------------------------------------
+
+
+def test_training_learns_the_planted_signal_and_the_checkpoint_reproduces_it(planted, tmp_path):
+    output = tmp_path / "run"
+    final = run_training(_config(planted, output))
+    chance = 100 / TEST_VIDEOS
+    assert final["t2v"]["none"]["R1"] >= 5 * chance, final["t2v"]
+    assert final["v2t"]["none"]["R1"] >= 5 * chance, final["v2t"]
+    for direction in ("t2v", "v2t"):
+        assert set(final[direction]) == {"none", "dsl", "qbnorm"}
+    history = json.loads((output / "metrics.json").read_text())
+    assert [m["epoch"] for m in history] == list(range(1, 13)) and history[-1] == final
+    assert history[-1]["loss"] < history[0]["loss"]
+    saved = config_lib.load(TrainConfig, output / "config.yaml")
+    assert config_lib.to_dict(saved) == config_lib.to_dict(_config(planted, output))
+    again = evaluate_checkpoint(output / "checkpoint.pt")
+    assert again["epoch"] == 12
+    for direction in ("t2v", "v2t"):
+        for strategy, metrics in final[direction].items():
+            assert again[direction][strategy] == pytest.approx(metrics), (direction, strategy)
+
+
+def test_untrained_cosine_is_at_chance_on_the_planted_data(planted, tmp_path):
+    # The rotation hides the signal: meanpool with a frozen text encoder learns nothing it could use.
+    final = run_training(_config(planted, tmp_path / "run", "model.head=meanpool", "optim.epochs=1"))
+    assert final["t2v"]["none"]["R1"] <= 3 * 100 / TEST_VIDEOS
+
+
+def test_tvr_train_and_eval_on_a_tiny_config(planted, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"out": str(planted)}, "model": {"head": "meanpool"},
+        "optim": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "text_lr": 1e-4},
+        "eval": {"querybank_size": 8}, "device": "cpu", "progress": False, "output_dir": str(tmp_path / "run"),
+    }))
+    assert main(["train", str(config), "--set", "seed=3"]) == 0
+    trained = capsys.readouterr().out
+    assert "t2v qbnorm" in trained and "v2t dsl" in trained and f"tvr eval {tmp_path / 'run'}" in trained
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["text_encoder"] is not None
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    evaluated = capsys.readouterr().out
+    assert evaluated.splitlines()[1:] == trained.splitlines()[1:-1]  # the same metrics lines
+    assert main(["eval", str(tmp_path / "nowhere")]) == 2
