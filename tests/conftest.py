@@ -100,6 +100,15 @@ def vp9_webm(video_dir) -> str:
 
 
 @pytest.fixture(scope="session")
+def gop2_clip(video_dir) -> str:
+    """12 s of H.264 with 2 s GOPs (keyframes at frames 0, 50, ..., 250): the source the damaged
+    copies of the integrity tests are made from."""
+    path = video_dir / "gop2_12s.mp4"
+    synth.make_clip(path, seconds=12, width=320, height=180, fps=25, gop_seconds=2)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def rotated_mp4(video_dir) -> str:
     """Stored landscape 160x90, displayed after turning 90° clockwise; 10 frames."""
     path = video_dir / "rotated90.mp4"

@@ -283,3 +283,13 @@ def test_a_hub_id_records_the_commit_its_config_came_from(tmp_path, tiny):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == commit
+
+
+def test_a_model_that_is_nowhere_is_a_one_line_error_naming_it():
+    from pipeline.config import ConfigError
+
+    # The test session runs offline: a hub id not in the cache cannot be read.
+    for call in (lambda: checkpoint_identity("nobody/no-such-clip", None),
+                 lambda: clip.embedding_dim("nobody/no-such-clip", "abc")):
+        with pytest.raises(ConfigError, match=r"model 'nobody/no-such-clip'.* is not a local folder"):
+            call()

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from test_decode import all_frames, mean_abs_diff, spread_indices
 
-from pipeline import synth
 from pipeline.decode import open_source
 from pipeline.decode.decoder_log import damage_message, join_whole
 from pipeline.decode.keyframes import extract_keyframes
@@ -259,15 +258,8 @@ GOP = 50  # the damage clip's GOP: 2 s at 25 fps, keyframes at 0, 50, ..., 250
 
 
 @pytest.fixture(scope="module")
-def gop_clip(video_dir) -> str:
-    path = video_dir / "pyav_damage_source.mp4"
-    synth.make_clip(path, seconds=12, width=320, height=180, fps=25, gop_seconds=2)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def clean_frames(gop_clip) -> np.ndarray:
-    return all_frames(gop_clip)
+def clean_frames(gop2_clip) -> np.ndarray:
+    return all_frames(gop2_clip)
 
 
 def packet_bytes(path: str) -> list[tuple[int, int]]:
@@ -287,7 +279,7 @@ def damaged_copy(source: str, target, change) -> str:
 
 
 @pytest.fixture(scope="module")
-def damaged_middle(gop_clip, video_dir) -> str:
+def damaged_middle(gop2_clip, video_dir) -> str:
     """1500 random bytes over the packets of frames 155 on, in the middle GOP (150-199)."""
 
     def overwrite(data, packets):
@@ -295,11 +287,11 @@ def damaged_middle(gop_clip, video_dir) -> str:
         start = offset + size // 2
         data[start : start + 1500] = np.random.default_rng(0).integers(0, 256, 1500, np.uint8).tobytes()
 
-    return damaged_copy(gop_clip, video_dir / "pyav_damaged_middle.mp4", overwrite)
+    return damaged_copy(gop2_clip, video_dir / "pyav_damaged_middle.mp4", overwrite)
 
 
 @pytest.fixture(scope="module")
-def damaged_scattered(gop_clip, video_dir) -> str:
+def damaged_scattered(gop2_clip, video_dir) -> str:
     """Single bytes inverted at 20 places in each of the GOPs 50-99 and 200-249."""
 
     def scatter(data, packets):
@@ -310,18 +302,18 @@ def damaged_scattered(gop_clip, video_dir) -> str:
                 offset, size = spans[k]
                 data[offset + int(rng.integers(0, size))] ^= 0xFF
 
-    return damaged_copy(gop_clip, video_dir / "pyav_damaged_scattered.mp4", scatter)
+    return damaged_copy(gop2_clip, video_dir / "pyav_damaged_scattered.mp4", scatter)
 
 
 @pytest.fixture(scope="module")
-def broken_packet(gop_clip, video_dir) -> str:
+def broken_packet(gop2_clip, video_dir) -> str:
     """Frame 230's NAL length field says 4 GB: the decoder refuses the packet outright."""
 
     def break_length(data, packets):
         offset, _ = packets[230]
         data[offset : offset + 4] = b"\xff\xff\xff\xff"
 
-    return damaged_copy(gop_clip, video_dir / "pyav_broken_packet.mp4", break_length)
+    return damaged_copy(gop2_clip, video_dir / "pyav_broken_packet.mp4", break_length)
 
 
 DAMAGED_GOPS = {"damaged_middle": {150}, "damaged_scattered": {50, 200}, "broken_packet": {200}}

@@ -18,11 +18,14 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from functools import cache
 from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
+
+from pipeline.models.identity import model_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +74,23 @@ def use_cpu_threads(device: str, num_cpus: float) -> None:
 def _clip_config(model: str, revision: str | None):
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model, revision=revision)
+    try:
+        config = AutoConfig.from_pretrained(model, revision=revision)
+    except OSError as error:
+        raise model_unavailable(model, revision, error) from error
     if not hasattr(config, "projection_dim") or not hasattr(config, "vision_config"):
         raise ValueError(f"{model!r} is not a CLIP checkpoint (its config is {type(config).__name__})")
     return config
 
 
+@cache  # the driver asks for the schema and the provenance of a run: read the config once
 def embedding_dim(model: str, revision: str | None) -> int:
     """The width of the projected image and text embeddings, read from the config alone (no
     weights), so the driver can declare the output schema."""
     return int(_clip_config(model, revision).projection_dim)
 
 
+@cache
 def text_width(model: str, revision: str | None) -> int:
     """The text tower's hidden size: the width of `ClipText.token_features` rows."""
     return int(_clip_config(model, revision).text_config.hidden_size)

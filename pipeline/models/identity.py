@@ -31,6 +31,20 @@ def checkpoint_identity(model: str, revision: str | None) -> dict:
     elif revision is None:
         from huggingface_hub import hf_hub_download
 
+        try:
+            path = hf_hub_download(model, "config.json")
+        except OSError as error:
+            raise model_unavailable(model, revision, error) from error
         # The hub cache keeps each file under snapshots/<commit>/: the folder names the commit.
-        identity["commit"] = Path(hf_hub_download(model, "config.json")).parent.name
+        identity["commit"] = Path(path).parent.name
     return identity
+
+
+def model_unavailable(model: str, revision: str | None, error: Exception):
+    """The one-line error for a model that is neither a local folder nor readable from the hub."""
+    from pipeline.config import ConfigError
+
+    at = f" at revision {revision}" if revision else ""
+    cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ConfigError(f"model {model!r}{at} is not a local folder, and neither the Hugging Face hub nor its "
+                       f"cache has it ({cause}); download it, or set the model to a local folder")

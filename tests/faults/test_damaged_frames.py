@@ -13,7 +13,6 @@ import pytest
 from test_decode import all_frames, as_jpeg, decode_jpegs, mean_abs_diff
 from test_pyav import GOP, damaged_copy
 
-from pipeline import synth
 from pipeline.decode.keyframes import extract_keyframes
 from pipeline.decode.probe import VideoError
 from pipeline.decode.sampling import Disparity, Fps, MiddleSegment, SegmentRandom, Uniform, Vlm
@@ -28,19 +27,12 @@ GROSS = 4.0
 
 
 @pytest.fixture(scope="module")
-def clean_clip(video_dir) -> str:
-    path = video_dir / "damage_source.mp4"
-    synth.make_clip(path, seconds=12, width=320, height=180, fps=25, gop_seconds=2)
-    return str(path)
+def clean_reference(gop2_clip) -> np.ndarray:
+    return as_jpeg(all_frames(gop2_clip))
 
 
 @pytest.fixture(scope="module")
-def clean_reference(clean_clip) -> np.ndarray:
-    return as_jpeg(all_frames(clean_clip))
-
-
-@pytest.fixture(scope="module")
-def damaged(clean_clip, video_dir) -> dict[str, str]:
+def damaged(gop2_clip, video_dir) -> dict[str, str]:
     def middle(data, packets):
         offset, size = packets[5 * GOP // 2 + 5]
         data[offset + size // 2 : offset + size // 2 + 1500] = np.random.default_rng(0).integers(
@@ -54,8 +46,8 @@ def damaged(clean_clip, video_dir) -> dict[str, str]:
                 offset, size = spans[k]
                 data[offset + int(rng.integers(0, size))] ^= 0xFF
 
-    return {"middle": damaged_copy(clean_clip, video_dir / "damaged_middle.mp4", middle),
-            "scattered": damaged_copy(clean_clip, video_dir / "damaged_scattered.mp4", scattered)}
+    return {"middle": damaged_copy(gop2_clip, video_dir / "damaged_middle.mp4", middle),
+            "scattered": damaged_copy(gop2_clip, video_dir / "damaged_scattered.mp4", scattered)}
 
 
 @pytest.mark.parametrize("policy", ["fail", "nearest_clean"])
