@@ -52,8 +52,8 @@ def _cmd_demo(args) -> int:
     print(render(collect(args.out)))
     print()
     print(format_statistics(*tag_statistics(args.out)))
-    print(f"\ntraining (xpool, {metrics['epoch']} epochs on the demo's features, random models: chance-level "
-          f"figures), checkpoint in {args.out}/train/:")
+    print(f"\ntraining (macvr with the demo's tags, {metrics['epoch']} epochs on its features, random models: "
+          f"chance-level figures), checkpoint in {args.out}/train/:")
     print(format_metrics(metrics))
     report = verify(args.out)
     print(report.render().splitlines()[-1] if report.ok else report.render())

@@ -96,10 +96,12 @@ def demo_config(out: Path, workers: int | None = None):
 
 
 def demo_training(out: Path) -> TrainConfig:
-    """A few steps of the X-Pool head on the demo's frame features, trained and tested on the same
-    eight videos (the demo has no train split): it shows the loop and the metrics table run."""
-    return TrainConfig(data=DataConfig(out=str(out), train_split="test", test_split="test"),
-                       model=ModelConfig(head="xpool"), optim=OptimConfig(epochs=2, batch_size=4, lr=1e-4),
+    """A few steps of the MAC-VR head on the demo's frame features and the tags the tag stages made,
+    trained and tested on the same eight videos (the demo has no train split): it shows the loop,
+    the tags reaching the model and the metrics table run. The tiny CLIP is 16 wide: 4 concepts."""
+    return TrainConfig(data=DataConfig(out=str(out), train_split="test", test_split="test", tags=True),
+                       model=ModelConfig(head="macvr", concepts=4, frame_layers=1, confidence_hidden=32),
+                       optim=OptimConfig(epochs=2, batch_size=4, lr=1e-4),
                        eval=EvalConfig(querybank_size=8), output_dir=str(out / "train"), progress=False)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
+import yaml
 from PIL import Image
 
 from pipeline.cli import main
@@ -210,6 +211,8 @@ def test_demo_tags_every_video_and_caption_at_four_temperatures(demo_out):
 def test_demo_ends_with_a_short_training_run(demo_out):
     lines = (demo_out / "train" / "metrics.json").read_text()
     assert (demo_out / "train" / "checkpoint.pt").exists() and (demo_out / "train" / "config.yaml").exists()
+    trained = yaml.safe_load((demo_out / "train" / "config.yaml").read_text())
+    assert trained["model"]["head"] == "macvr" and trained["data"]["tags"] is True  # the tag stages feed the model
     code, printed = _tvr("eval", str(demo_out / "train"))
     assert code == 0, printed
     for direction in ("t2v", "v2t"):

@@ -240,3 +240,15 @@ def test_qb_norm_rejects_mismatched_shapes_and_bad_k():
         qb_norm(QUERIES, BANK[:, :2])
     with pytest.raises(ValueError, match="k must be"):
         qb_norm(QUERIES, BANK, k=4)
+
+
+def test_qb_norm_reads_the_querybank_in_blocks_with_the_same_result(monkeypatch):
+    from pipeline.train import inference
+
+    rng = np.random.default_rng(3)
+    sim, bank = rng.normal(size=(6, 5)), rng.normal(size=(11, 5)).astype(np.float32)
+    whole = qb_norm(sim, bank, k=2, beta=7.0, theta=2)
+    monkeypatch.setattr(inference, "BANK_ROWS", 3)  # 4 blocks, the last one short
+    assert np.allclose(qb_norm(sim, bank, k=2, beta=7.0, theta=2), whole, rtol=1e-12, atol=0)
+    assert np.allclose(qb_norm(sim, torch.from_numpy(bank), k=2, beta=7.0, theta=2), whole, rtol=1e-12, atol=0)
+    assert np.allclose(qb_norm(sim, bank.tolist(), k=2, beta=7.0, theta=2), whole, rtol=1e-12, atol=0)

@@ -25,7 +25,7 @@ class DataConfig:
     test_split: str = "test"
     num_frames: int = field(default=12, metadata=bounds(min=1))  # per video, uniformly from the stored frames
     # MAC-VR tag sentences "a video of t1, t2, ..." (REFERENCE.md "Tags"): N random tags per step in
-    # training, the first M at test. Off by default; the heads here do not read them yet (MAC-VR does).
+    # training, the first M at test (MAC-VR Appx. B: 12 and 12; 6 and 8 for DSL). Read by macvr only.
     tags: bool = False
     visual_tags_train: int = field(default=8, metadata=bounds(min=1))
     visual_tags_test: int = field(default=10, metadata=bounds(min=1))
@@ -45,12 +45,32 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    head: Literal["meanpool", "xpool"] = "meanpool"
-    # xpool's attention temperature (MAC-VR Eq. 1's tau_a): None divides by sqrt(d), as X-Pool.
-    tau_a: float | None = field(default=None, metadata=bounds(above=0))
-    dropout: float = field(default=0.3, metadata=bounds(min=0, below=1))  # xpool's (X-Pool: 0.3)
+    head: Literal["meanpool", "xpool", "macvr", "tmass", "lsdo"] = "meanpool"
     # The contrastive temperature's start: CLIP initialises its logit scale to 1 / 0.07 (CLIP Sec. 2.5).
     temperature: float = field(default=0.07, metadata=bounds(above=0))
+    # xpool/tmass attention temperature; macvr's tau_a in its Eq. 1. None: sqrt(d) (X-Pool), 3 for macvr.
+    tau_a: float | None = field(default=None, metadata=bounds(above=0))
+    dropout: float = field(default=0.3, metadata=bounds(min=0, below=1))  # xpool/tmass (X-Pool: 0.3)
+    # macvr (MAC-VR Sec. 4.1 and Appx. D): K concepts, the confidence MLP's width, alpha of Eq. 5, the
+    # frame transformer's depth (0: none), and L_C's gamma/delta (Appx. D defers them to DiCoSA, whose
+    # values are not in the project's papers: 1 and 1 here).
+    concepts: int = field(default=8, metadata=bounds(min=1))
+    confidence_hidden: int = field(default=256, metadata=bounds(min=1))
+    alignment_weight: float = field(default=1.0, metadata=bounds(min=0))
+    frame_layers: int = field(default=4, metadata=bounds(min=0))
+    decoupling_weight: float = field(default=1.0, metadata=bounds(min=0))
+    concept_alignment_weight: float = field(default=1.0, metadata=bounds(min=0))
+    # tmass (T-MASS Sec. 4.1, 4.3): M draws at inference (Eq. 10), alpha of Eq. 9 (best at 1.2, Fig. 6).
+    trials: int = field(default=20, metadata=bounds(min=1))
+    support_weight: float = field(default=1.2, metadata=bounds(min=0))
+    # lsdo (LSDO Sec. IV-B.1): video-level features, K prototypes, alpha (Eq. 15) and gamma (Eq. 14),
+    # the single features' threshold theta (Eq. 7), m reference videos for the shared features (Eq. 4).
+    lsdo_features: Literal["average", "single", "shared"] = "average"
+    prototypes: int = field(default=20, metadata=bounds(min=1))
+    lsdo_frame_mix: float = field(default=0.8, metadata=bounds(min=0, max=1))
+    lsdo_text_mix: float = field(default=0.8, metadata=bounds(min=0, max=1))
+    lsdo_threshold: float = 0.9
+    shared_videos: int = field(default=20, metadata=bounds(min=1))
 
 
 @dataclass
@@ -88,5 +108,5 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.data.tags and self.model.head in ("meanpool", "xpool"):  # better refused than ignored
-            raise ValueError(f"data.tags is true, but the {self.model.head} head reads no tags (MAC-VR's will)")
+        if self.data.tags and self.model.head != "macvr":  # better refused than ignored
+            raise ValueError(f"data.tags is true, but the {self.model.head} head reads no tags (macvr does)")

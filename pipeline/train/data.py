@@ -138,8 +138,9 @@ class Split:
         return self.frame_store.get([self.video_ids[v] for v in indices])
 
     def tag_sentences(self, rows, epoch: int | None, seed: int = 0) -> dict[str, list[str]]:
-        """MAC-VR's "a video of ..." sentences per row: in training (an epoch given) N tags sampled
-        with a seed per (seed, epoch, row), at test the first M. Empty when tags are off."""
+        """MAC-VR's "a video of ..." sentences per caption row, for it and for its video: in training
+        (an epoch given) N tags sampled with a seed per (seed, epoch, row), at test the first M.
+        Empty when tags are off."""
         out = {}
         for name, tags, (n, m) in (("visual", self.visual_tags, self.visual_n),
                                    ("textual", self.textual_tags, self.textual_n)):
@@ -153,6 +154,14 @@ class Split:
                                       sample_tags(t, n, (seed * 1_000_003 + epoch) * 1_000_003 + int(i)))
                          for t, i in zip(per_row, rows)]
         return out
+
+    def video_tag_sentences(self, videos=None) -> list[str] | None:
+        """The first M visual tags of each of the split's videos (all, or these indices), as
+        sentences; None when tags are off."""
+        if self.visual_tags is None:
+            return None
+        indices = range(len(self.video_ids)) if videos is None else videos
+        return [tag_sentence(first_tags(self.visual_tags[v], self.visual_n[1])) for v in indices]
 
 
 def _split(name: str, captions: dict, features: FrameStore, visual: dict | None, textual: dict | None,

@@ -41,11 +41,23 @@ def dual_softmax(sim, temperature: float = 0.01, dim: int = 0):
     return _like(s * (e / np.sum(e, axis=dim, keepdims=True)), sim)
 
 
-def activation_set(querybank_sim: np.ndarray, k: int, theta: int) -> np.ndarray:
+# The querybank is read in blocks of this many rows: a 180,000 x 1,000 float32 bank (MSR-VTT's
+# training captions against the 1k-A videos) is never copied whole, to float64 or otherwise.
+BANK_ROWS = 4096
+
+
+def _bank_blocks(querybank_sim):
+    for start in range(0, querybank_sim.shape[0], BANK_ROWS):
+        yield as_float64(querybank_sim[start : start + BANK_ROWS])
+
+
+def activation_set(querybank_sim, k: int, theta: int) -> np.ndarray:
     """REFERENCE.md "QB-Norm": A = {j : j is among the top-k of at least theta querybank rows},
     as a boolean mask over the gallery. Ties go to the lower gallery index (stable sort)."""
-    topk = np.argsort(-querybank_sim, axis=1, kind="stable")[:, :k]
-    return np.bincount(topk.ravel(), minlength=querybank_sim.shape[1]) >= theta
+    counts = np.zeros(querybank_sim.shape[1], np.int64)
+    for block in _bank_blocks(querybank_sim):
+        counts += np.bincount(np.argsort(-block, axis=1, kind="stable")[:, :k].ravel(), minlength=len(counts))
+    return counts >= theta
 
 
 def qb_norm(sim, querybank_sim, k: int = 1, beta: float = 20.0, theta: int = 1):
@@ -55,16 +67,23 @@ def qb_norm(sim, querybank_sim, k: int = 1, beta: float = 20.0, theta: int = 1):
     `sim` is Q x G (test queries x gallery), `querybank_sim` P x G (e.g. training captions x the
     same gallery). A row whose top-1 gallery item (ties: lowest index) is in the activation set
     becomes exp(beta * sim[i,j]) / Z_j with Z_j = sum_p exp(beta * querybank_sim[p,j]); every other
-    row keeps its raw similarities. Video-to-text: pass the transposes.
+    row keeps its raw similarities. Video-to-text: pass the transposes. The querybank is read in
+    blocks of `BANK_ROWS` rows, so its memory is never doubled.
     """
-    s, b = as_float64(sim), as_float64(querybank_sim)
-    if s.ndim != 2 or b.ndim != 2 or s.shape[1] != b.shape[1] or b.shape[0] == 0:
-        raise ValueError(f"sim (Q x G) and querybank_sim (P x G, P >= 1) disagree: {s.shape} vs {b.shape}")
+    s = as_float64(sim)
+    if not hasattr(querybank_sim, "shape"):  # a nested list
+        querybank_sim = as_float64(querybank_sim)
+    if s.ndim != 2 or len(querybank_sim.shape) != 2 or s.shape[1] != querybank_sim.shape[1] \
+            or querybank_sim.shape[0] == 0:
+        raise ValueError(f"sim (Q x G) and querybank_sim (P x G, P >= 1) disagree: "
+                         f"{s.shape} vs {tuple(querybank_sim.shape)}")
     if not 1 <= k <= s.shape[1]:
         raise ValueError(f"k must be between 1 and the gallery size {s.shape[1]}, got {k}")
     if theta < 1:
         raise ValueError(f"theta must be at least 1, got {theta}")
-    rows = activation_set(b, k, theta)[np.argmax(s, axis=1)]  # argmax: first of tied maxima
-    log_z = _logsumexp(beta * b, axis=0)  # log Z_j, stable for any beta
+    rows = activation_set(querybank_sim, k, theta)[np.argmax(s, axis=1)]  # argmax: first of tied maxima
+    log_z = np.full(s.shape[1], -np.inf)  # log Z_j, accumulated block by block, stable for any beta
+    for block in _bank_blocks(querybank_sim):
+        log_z = np.logaddexp(log_z, _logsumexp(beta * block, axis=0))
     s[rows] = np.exp(beta * s[rows] - log_z)  # = exp(beta*s_ij) / Z_j wherever that is finite; s is our copy
     return _like(s, sim)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 from tqdm.auto import tqdm
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from pipeline import config as config_lib
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import Split, load_splits
-from pipeline.train.heads import Head, build_head
+from pipeline.train.heads import Head, Lsdo, Texts, Videos, build_head
 from pipeline.train.inference import dual_softmax, qb_norm
 from pipeline.train.metrics import retrieval_metrics, video_to_text_metrics
 
@@ -72,27 +73,71 @@ class TextEncoder(nn.Module):
     def train(self, mode: bool = True):
         return super().train(mode and self.trainable)  # a frozen tower stays in eval mode
 
-    def forward(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+    def forward(self, texts: list[str], words: bool = False) -> Texts:
+        """The projected embeddings, and with `words` the projected token features of each caption's
+        words (LSDO Eq. 3: BOS, EOS and padding masked out; EOS kept for a caption with no words)."""
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(self.device)
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            return self.model(**tokens.to(self.device)).text_embeds
+            out = self.model(**tokens)
+            if not words:
+                return Texts(out.text_embeds)
+            mask = tokens["attention_mask"].bool()
+            last = mask.sum(dim=1) - 1
+            mask[:, 0] = False
+            mask[torch.arange(len(mask)), last] = last <= 1  # a caption with no words keeps its EOS
+            return Texts(out.text_embeds, self.model.text_projection(out.last_hidden_state), mask)
 
     @torch.no_grad()
-    def encode(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        return torch.cat([self(texts[i : i + batch_size]).float() for i in range(0, len(texts), batch_size)])
+    def encode(self, texts: list[str], words: bool = False, tags: list[str] | None = None,
+               batch_size: int = 256) -> Texts:
+        """`forward` in batches, without gradients, float32; `tags`: the textual-tag sentences."""
+        parts = [self(texts[i : i + batch_size], words) for i in range(0, len(texts), batch_size)]
+        out = Texts(torch.cat([p.embeds.float() for p in parts]))
+        if words:
+            width = max(p.words.shape[1] for p in parts)
+            out.words = torch.cat([F.pad(p.words.float(), (0, 0, 0, width - p.words.shape[1])) for p in parts])
+            out.word_mask = torch.cat([F.pad(p.word_mask, (0, width - p.word_mask.shape[1])) for p in parts])
+        if tags is not None:
+            out.tags = self.encode(tags, batch_size=batch_size).embeds
+        return out
+
+
+def training_batch(encoder: TextEncoder, head: Head, split: Split, rows, epoch: int, seed: int) -> tuple[Texts, Videos]:
+    """Pair i = (caption rows[i], its video), with N sampled tags a side when the head reads them."""
+    texts = encoder(split.texts(rows), words=head.reads_words)
+    videos = Videos(split.frames(rows).to(encoder.device, non_blocking=True))
+    if head.reads_tags:
+        sentences = split.tag_sentences(rows, epoch, seed)
+        texts.tags, videos.tags = encoder(sentences["textual"]).embeds, encoder(sentences["visual"]).embeds
+    return texts, videos
+
+
+def test_texts(encoder: TextEncoder, head: Head, split: Split, rows=None) -> Texts:
+    """The split's captions (all, or these rows), with the first M tags when the head reads them."""
+    rows = range(len(split)) if rows is None else rows
+    tags = split.tag_sentences(rows, epoch=None)["textual"] if head.reads_tags else None
+    return encoder.encode(split.texts(rows), words=head.reads_words, tags=tags)
+
+
+def test_videos(encoder: TextEncoder, head: Head, split: Split, videos=None) -> Videos:
+    """The split's videos (all, or these indices), with the first M visual tags when the head reads them."""
+    tags = split.video_tag_sentences(videos) if head.reads_tags else None
+    return Videos(split.video_frames(videos).to(encoder.device),
+                  None if tags is None else encoder.encode(tags).embeds)
 
 
 # ---- evaluation -------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def similarity_matrix(head: Head, text: torch.Tensor, frames: torch.Tensor, chunk: int) -> torch.Tensor:
+def similarity_matrix(head: Head, texts: Texts, videos: Videos, chunk: int) -> torch.Tensor:
     """[T, V] float32 on the CPU, in blocks of `chunk` texts x `chunk` videos (X-Pool pools every
     video for every text: a block holds chunk^2 pooled embeddings)."""
     rows = []
-    for i in range(0, len(text), chunk):
-        rows.append(torch.cat([head.similarity(text[i : i + chunk], frames[j : j + chunk]).float().cpu()
-                               for j in range(0, len(frames), chunk)], dim=1))
+    for i in range(0, len(texts), chunk):
+        rows.append(torch.cat([head.similarity(texts[i : i + chunk], videos[j : j + chunk]).float().cpu()
+                               for j in range(0, len(videos), chunk)], dim=1))
     return torch.cat(rows)
 
 
@@ -103,19 +148,24 @@ def evaluate(head: Head, encoder: TextEncoder, train: Split, test: Split, config
     DSL and QB-Norm as REFERENCE.md fixes them. QB-Norm's querybanks come from the training split
     (never the test): `eval.querybank_size` training captions against the test videos (t2v), and as
     many training videos against the test captions (v2t), both drawn with the run's seed."""
+    with torch.random.fork_rng():  # T-MASS draws its M samples from the seed, and training's stream goes on
+        torch.manual_seed(config.seed)
+        return _evaluate(head, encoder, train, test, config)
+
+
+def _evaluate(head: Head, encoder: TextEncoder, train: Split, test: Split, config: TrainConfig) -> dict:
     head.eval()
     encoder.eval()
-    device, ev = encoder.device, config.eval
-    text = encoder.encode(test.captions)
-    frames = test.video_frames().to(device)
-    sim = similarity_matrix(head, text, frames, ev.chunk)
+    ev = config.eval
+    texts, videos = test_texts(encoder, head, test), test_videos(encoder, head, test)
+    sim = similarity_matrix(head, texts, videos, ev.chunk)
 
     rng = np.random.default_rng(config.seed)
     bank_texts = np.sort(rng.choice(len(train), min(ev.querybank_size, len(train)), replace=False))
     bank_videos = np.sort(rng.choice(len(train.video_ids), min(ev.querybank_size, len(train.video_ids)),
                                      replace=False))
-    bank_t2v = similarity_matrix(head, encoder.encode(train.texts(bank_texts)), frames, ev.chunk)  # P x V
-    bank_v2t = similarity_matrix(head, text, train.video_frames(bank_videos).to(device), ev.chunk).T  # P x T
+    bank_t2v = similarity_matrix(head, test_texts(encoder, head, train, bank_texts), videos, ev.chunk)  # P x V
+    bank_v2t = similarity_matrix(head, texts, test_videos(encoder, head, train, bank_videos), ev.chunk).T  # P x T
 
     qb = dict(k=min(ev.qb_k, sim.shape[1]), beta=ev.qb_beta, theta=ev.qb_theta)
     scored = {  # strategy -> (texts x videos for t2v, texts x videos for v2t)
@@ -158,7 +208,11 @@ def run_training(config: TrainConfig) -> dict:
     train, test, checkpoint = load_splits(config.data)
     opt = config.optim
     encoder = TextEncoder(checkpoint, device, trainable=opt.text_lr > 0)
-    head = build_head(config.model, encoder.dim).to(device)
+    head = build_head(config.model, encoder.dim, config.data.num_frames, config.data.tags).to(device)
+    if isinstance(head, Lsdo) and head.features == "shared":  # Eq. 4: m training videos, drawn with the seed
+        picks = np.random.default_rng(config.seed).choice(len(train.video_ids), config.model.shared_videos,
+                                                          replace=len(train.video_ids) < config.model.shared_videos)
+        head.set_reference(train.video_frames(np.sort(picks)).to(device))
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(config), sort_keys=False))
@@ -184,9 +238,8 @@ def run_training(config: TrainConfig) -> dict:
         for rows in bar:
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * lr_factor(step, total_steps, warmup_steps)
-            frames = train.frames(rows).to(device, non_blocking=True)
             with autocast:
-                loss = head.loss(encoder(train.texts(rows)), frames)
+                loss = head.loss(*training_batch(encoder, head, train, rows, epoch, config.seed))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if opt.grad_clip:
@@ -223,6 +276,6 @@ def evaluate_checkpoint(path: str | Path) -> dict:
     encoder = TextEncoder(checkpoint, resolve_device(config.device), trainable=False)
     if state["text_encoder"] is not None:
         encoder.model.load_state_dict(state["text_encoder"])
-    head = build_head(config.model, encoder.dim).to(encoder.device)
+    head = build_head(config.model, encoder.dim, config.data.num_frames, config.data.tags).to(encoder.device)
     head.load_state_dict(state["head"])
     return {"epoch": state["epoch"], **evaluate(head, encoder, train, test, config)}
