@@ -37,9 +37,9 @@ HEADS = {  # the paper configs' settings (jobs/configs/train/msrvtt_*.yaml)
     "xpool": ModelConfig(head="xpool"),
     "macvr": ModelConfig(head="macvr", tau_a=3.0, concepts=8),
     "tmass": ModelConfig(head="tmass"),
-    "lsdo": ModelConfig(head="lsdo"),
+    "lsdo": ModelConfig(head="lsdo", lsdo_features="shared"),
 }
-DIM, FRAMES, BATCH, TOKENS = 512, 12, 128, 20
+DIM, FRAMES, BATCH, TOKENS, TEST = 512, 12, 128, 20, 1000
 
 
 def inputs(n: int, words: bool, tags: bool, generator: torch.Generator) -> tuple[Texts, Videos]:
@@ -108,8 +108,8 @@ def bench_training(steps: int) -> list[str]:
 
 def bench_evaluation(bank_size: int) -> list[str]:
     rng = np.random.default_rng(0)
-    sim = rng.uniform(-0.2, 0.6, size=(1000, 1000)).astype(np.float32)
-    bank = rng.uniform(-0.2, 0.6, size=(bank_size, 1000)).astype(np.float32)
+    sim = rng.uniform(-0.2, 0.6, size=(TEST, TEST)).astype(np.float32)
+    bank = rng.uniform(-0.2, 0.6, size=(bank_size, TEST)).astype(np.float32)
     gc.collect()
     tracemalloc.start()
     start = time.perf_counter()
@@ -117,16 +117,16 @@ def bench_evaluation(bank_size: int) -> list[str]:
     seconds = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    rows = [f"QB-Norm, 1,000 x 1,000 test matrix, querybank {bank_size:,} x 1,000 float32 "
+    rows = [f"QB-Norm, {TEST:,} x {TEST:,} test matrix, querybank {bank_size:,} x {TEST:,} float32 "
             f"({bank.nbytes / 1e6:.0f} MB, held once): {seconds:.2f} s, peak allocated during the call "
             f"{peak / 1e6:.0f} MB.", "",
-            "| head | 1,000 x 1,000 test similarities (s) |", "|---|---|"]
+            f"| head | {TEST:,} x {TEST:,} test similarities (s) |", "|---|---|"]
     generator = torch.Generator().manual_seed(1)
     for name, config in HEADS.items():
         head = build_head(config, DIM, FRAMES, tags=name == "macvr").eval()
         if isinstance(head, Lsdo) and head.features == "shared":
             head.set_reference(torch.randn(config.shared_videos, FRAMES, DIM))
-        texts, videos = inputs(1000, head.reads_words, head.reads_tags, generator)
+        texts, videos = inputs(TEST, head.reads_words, head.reads_tags, generator)
         with torch.no_grad():
             start = time.perf_counter()
             similarity_matrix(head, texts, videos, 256)
@@ -135,12 +135,17 @@ def bench_evaluation(bank_size: int) -> list[str]:
 
 
 def main() -> None:
+    global BATCH, DIM, TEST
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per head (the median is reported)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--bank", type=int, default=180_000, help="querybank rows (MSR-VTT: 9k videos x 20)")
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--batch", type=int, default=BATCH, help="training batch (MSR-VTT configs: 128 and 32)")
+    parser.add_argument("--dim", type=int, default=DIM, help="embedding width (ViT-B/32: 512)")
+    parser.add_argument("--test", type=int, default=TEST, help="test captions and videos (1k-A: 1,000)")
     args = parser.parse_args()
+    BATCH, DIM, TEST = args.batch, args.dim, args.test
     torch.set_num_threads(args.threads)
     device = f"{platform.processor() or platform.machine()}, {args.threads} torch threads, torch {torch.__version__}"
     print(f"Machine: {device}\n")

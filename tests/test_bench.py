@@ -58,3 +58,15 @@ def test_features_benchmark_runs_end_to_end(tmp_path):
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip().strip("|").split("|")]
     assert len(cells) == 5 and all(float(c) > 0 for c in cells[:3])
+
+
+def test_training_benchmark_runs_end_to_end():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "train.py"), "--steps", "1", "--threads", "1", "--batch", "8",
+         "--dim", "64", "--test", "40", "--bank", "5000"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and not line.startswith("| head")]
+    assert [r.split("|")[1].strip() for r in rows] == ["meanpool", "xpool", "macvr", "tmass", "lsdo"] * 2
+    assert "querybank 5,000 x 40 float32" in result.stdout

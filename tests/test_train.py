@@ -402,6 +402,9 @@ def test_tvr_train_and_eval_on_a_tiny_config(planted, tmp_path, capsys):
     evaluated = capsys.readouterr().out
     assert evaluated.splitlines()[1:] == trained.splitlines()[1:-1]  # the same metrics lines
     assert main(["eval", str(tmp_path / "nowhere")]) == 2
+    capsys.readouterr()
+    assert main(["train", str(config), "--set", "model.head=macvr", "--set", "model.concepts=5"]) == 2
+    assert "model.concepts=5 does not divide the embedding width 16" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name, settings", [
@@ -418,3 +421,54 @@ def test_the_same_seed_gives_the_same_metrics_and_a_checkpoint_gives_them_back(r
     assert {d: reloaded[d] for d in ("t2v", "v2t")} == {d: first[d] for d in ("t2v", "v2t")}
     other = run_training(_config(out, tmp_path / "c", "optim.epochs=2", "seed=1", *settings))
     assert other["loss"] != first["loss"]  # the seed does reach the run
+
+
+def test_stored_text_features_replace_the_frozen_tower_when_they_match(planted, tiny_clip, tmp_path, monkeypatch):
+    import shutil
+
+    from pipeline.models.clip import ClipText
+    from pipeline.outputs import latest
+    from pipeline.stages import STAGES
+    from pipeline.stages.text_features import TextFeaturesConfig
+    from pipeline.train.loop import TextEncoder
+
+    out = tmp_path / "out"
+    shutil.copytree(planted, out)
+    store = Store.open(str(out))
+    captions = {"captions": latest(store, "captions")}
+    run_stage(store, STAGES["text_features"], TextFeaturesConfig(model=tiny_clip), captions,
+              RunnerConfig(progress=False))
+    train, test, _ = load_splits(_config(out, tmp_path / "run").data)
+    tower = ClipText.load(tiny_clip, device="cpu")
+    assert train.stored_text is not None and test.stored_text is not None
+    assert np.allclose(train.stored_text.astype(np.float32), tower.encode(train.captions).embeds, atol=2e-3)
+    assert load_splits(_config(out, tmp_path / "run", "data.text_features=false").data)[0].stored_text is None
+
+    def no_tower(self, texts, words=False):
+        raise AssertionError("the text tower ran although text_features has every caption")
+
+    monkeypatch.setattr(TextEncoder, "forward", no_tower)
+    final = run_training(_config(out, tmp_path / "run", "model.head=xpool", "optim.epochs=2"))
+    assert final["t2v"]["none"]["R1"] > 0
+    monkeypatch.undo()
+
+    # Features of another checkpoint do not match the frames: the tower encodes the captions.
+    other = build_tiny_clip(tmp_path / "other-clip", seed=1)
+    run_stage(store, STAGES["text_features"], TextFeaturesConfig(model=other), captions, RunnerConfig(progress=False))
+    assert load_splits(_config(out, tmp_path / "run").data)[0].stored_text is None
+
+
+def test_lsdo_reference_videos_take_one_per_category_then_draw_the_rest():
+    categories = ["music", "sports", None, "music", "news", "sports", None, "news"]
+    split = Split("train", [], [], [f"video{i}" for i in range(8)], np.zeros(0, np.int64), frame_store=None,
+                  visual_tags=None, textual_tags=None, categories=categories)
+    picks = split.reference_videos(3, seed=0)
+    assert sorted(categories[i] for i in picks) == ["music", "news", "sports"]
+    assert split.reference_videos(3, seed=0).tolist() == picks.tolist()
+    five = split.reference_videos(5, seed=0)
+    assert len(set(five.tolist())) == 5 and {categories[i] for i in five[:3]} == {"music", "news", "sports"}
+    two = split.reference_videos(2, seed=0)  # fewer than the categories: the first ones by name
+    assert [categories[i] for i in two] == ["music", "news"]
+    plain = Split("train", [], [], [f"video{i}" for i in range(4)], np.zeros(0, np.int64), frame_store=None,
+                  visual_tags=None, textual_tags=None)
+    assert sorted(plain.reference_videos(4, seed=2).tolist()) == [0, 1, 2, 3]

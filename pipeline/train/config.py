@@ -14,7 +14,7 @@ from typing import Literal
 from pipeline.config import bounds
 
 # The stage outputs a run reads; `data.versions` may pin any of them (else each one's LATEST).
-INPUT_STAGES = ("frame_features", "captions", "visual_tags", "textual_tags")
+INPUT_STAGES = ("frame_features", "videos", "captions", "text_features", "visual_tags", "textual_tags")
 
 
 @dataclass
@@ -24,6 +24,10 @@ class DataConfig:
     train_split: str = "train"
     test_split: str = "test"
     num_frames: int = field(default=12, metadata=bounds(min=1))  # per video, uniformly from the stored frames
+    # With the text tower frozen, read the caption embeddings text_features stored (same checkpoint
+    # as frame_features) instead of running the tower: it is most of a CPU training step. Heads that
+    # read word features (lsdo) always run the tower.
+    text_features: bool = True
     # MAC-VR tag sentences "a video of t1, t2, ..." (REFERENCE.md "Tags"): N random tags per step in
     # training, the first M at test (MAC-VR Appx. B: 12 and 12; 6 and 8 for DSL). Read by macvr only.
     tags: bool = False
@@ -64,7 +68,8 @@ class ModelConfig:
     trials: int = field(default=20, metadata=bounds(min=1))
     support_weight: float = field(default=1.2, metadata=bounds(min=0))
     # lsdo (LSDO Sec. IV-B.1): video-level features, K prototypes, alpha (Eq. 15) and gamma (Eq. 14),
-    # the single features' threshold theta (Eq. 7), m reference videos for the shared features (Eq. 4).
+    # the single features' threshold theta (Eq. 7), m reference videos for the shared features (Eq. 4,
+    # one per category where the manifest names them).
     lsdo_features: Literal["average", "single", "shared"] = "average"
     prototypes: int = field(default=20, metadata=bounds(min=1))
     lsdo_frame_mix: float = field(default=0.8, metadata=bounds(min=0, max=1))

@@ -15,6 +15,7 @@ whole dataset at once; the test split's videos are read once and held (small, sc
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 _HOW = {
     "frame_features": "run `tvr run CONFIG --stages frame_features`",
     "captions": "run `tvr manifest FORMAT ...` or `tvr run CONFIG`",
+    "videos": "run `tvr manifest FORMAT ...` or `tvr run CONFIG`",
+    "text_features": "run `tvr run CONFIG --stages text_features`, or set data.text_features=false",
     "visual_tags": "run `tvr run CONFIG --stages visual_tags`, or set data.tags=false",
     "textual_tags": "run `tvr run CONFIG --stages textual_tags`, or set data.tags=false",
 }
@@ -110,6 +113,27 @@ class Split:
     visual_n: tuple[int, int] = (8, 10)  # (N tags sampled per training step, the first M at test)
     textual_n: tuple[int, int] = (10, 8)
     held: torch.Tensor | None = None  # every video's frames, float16, once `hold()` read them
+    stored_text: np.ndarray | None = None  # float16 [captions, d] from text_features, when read
+    categories: list[str | None] | None = None  # per video, the manifest's `extra.category` (MSR-VTT)
+
+    def reference_videos(self, m: int, seed: int) -> np.ndarray:
+        """m video indices for LSDO's shared features (Eq. 4): one video from each category, in
+        category order, when the manifest names categories (MSR-VTT's 20: "we extract one video from
+        each category"); the rest, or all when there are none, drawn at random. Seeded."""
+        rng = np.random.default_rng(seed)
+        by_category: dict[str, list[int]] = {}
+        for index, category in enumerate(self.categories or []):
+            if category is not None:
+                by_category.setdefault(category, []).append(index)
+        picks = [int(rng.choice(by_category[c])) for c in sorted(by_category)[:m]]
+        rest = np.setdiff1d(np.arange(len(self.video_ids)), picks)
+        if m > len(picks):
+            picks += rng.choice(rest, m - len(picks), replace=len(rest) < m - len(picks)).tolist()
+        return np.array(picks, np.int64)
+
+    def text_embeds(self, rows) -> torch.Tensor:
+        """float32 [len(rows), d]: the stored caption embeddings (`stored_text` must be set)."""
+        return torch.from_numpy(self.stored_text[np.asarray(rows, np.int64)].astype(np.float32))
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -165,7 +189,7 @@ class Split:
 
 
 def _split(name: str, captions: dict, features: FrameStore, visual: dict | None, textual: dict | None,
-           data: DataConfig) -> Split:
+           data: DataConfig, categories: dict[str, str]) -> Split:
     rows = [i for i, s in enumerate(captions["split"]) if s == name]
     kept = [i for i in rows if captions["video_id"][i] in features.where]
     if len(kept) < len(rows):
@@ -184,6 +208,7 @@ def _split(name: str, captions: dict, features: FrameStore, visual: dict | None,
         textual_tags=None if textual is None else [textual.get(c, []) for c in caption_ids],
         visual_n=(data.visual_tags_train, data.visual_tags_test),
         textual_n=(data.textual_tags_train, data.textual_tags_test),
+        categories=[categories.get(v) for v in video_ids] if categories else None,
     )
 
 
@@ -206,10 +231,42 @@ def load_splits(data: DataConfig) -> tuple[Split, Split, dict]:
         visual = _tag_map(merged_tags(store, "visual_tags", _output(store, data, "visual_tags").version))
         textual = _tag_map(merged_tags(store, "textual_tags", _output(store, data, "textual_tags").version))
     frames = FrameStore(store, features, data.num_frames, data.cache_parts)
-    train = _split(data.train_split, captions, frames, visual, textual, data)
-    test = _split(data.test_split, captions, frames, visual, textual, data)
+    videos = InputReader(store, _output(store, data, "videos")).table(columns=["video_id", "extra"]).to_pydict()
+    categories = {v: json.loads(e).get("category") for v, e in zip(videos["video_id"], videos["extra"]) if e}
+    categories = {v: str(c) for v, c in categories.items() if c is not None}
+    train = _split(data.train_split, captions, frames, visual, textual, data, categories)
+    test = _split(data.test_split, captions, frames, visual, textual, data, categories)
     test.hold()
+    if data.text_features:
+        _attach_text_features(store, data, checkpoint, (train, test))
     return train, test, checkpoint
+
+
+def _attach_text_features(store: Store, data: DataConfig, checkpoint: dict, splits: tuple[Split, ...]) -> None:
+    """Each split's stored caption embeddings, when text_features exists for the same checkpoint
+    and covers every caption; otherwise the tower encodes them (and the log says why)."""
+    if "text_features" in data.versions:
+        output = _output(store, data, "text_features")  # pinned: missing is an error
+    else:
+        output = latest(store, "text_features")
+        if output is None:
+            return
+    config = (read_manifest(store, output.stage, output.version) or {}).get("identity", {}).get("config", {})
+    if {"model": config.get("model"), "revision": config.get("revision")} != checkpoint:
+        log.warning("text_features %s is from %s, not frame_features' %s: captions are encoded by the tower",
+                    output.version, config.get("model"), checkpoint["model"])
+        return
+    table = InputReader(store, output).table(columns=["caption_id", "features"])
+    index = {c: i for i, c in enumerate(table.column("caption_id").to_pylist())}
+    column = table.column("features").combine_chunks()
+    features = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
+    for split in splits:
+        missing = [c for c in split.caption_ids if c not in index]
+        if missing:
+            log.warning("text_features %s lacks %d %s captions (e.g. %s): they are encoded by the tower",
+                        output.version, len(missing), split.name, missing[0])
+            continue
+        split.stored_text = features[[index[c] for c in split.caption_ids]]
 
 
 def _tag_map(table) -> dict[str, list[str]]:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import ConfigError
 from pipeline.train.config import ModelConfig
 
 
@@ -202,7 +203,8 @@ class MacVR(Head):
     def __init__(self, dim: int, num_frames: int, config: ModelConfig, tags: bool):
         super().__init__(config.temperature)
         if dim % config.concepts:
-            raise ValueError(f"model.concepts={config.concepts} does not divide the embedding width {dim}")
+            raise ConfigError(f"model.concepts={config.concepts} does not divide the embedding width {dim} "
+                              f"of the features' checkpoint")
         self.reads_tags, self.config, self.k = tags, config, config.concepts
         self.tau = config.tau_a or 3.0  # MAC-VR Sec. 4.1: tau_a = 3
         self.frames = FrameTransformer(dim, num_frames, config.frame_layers) if config.frame_layers else nn.Identity()

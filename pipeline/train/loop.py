@@ -105,7 +105,8 @@ class TextEncoder(nn.Module):
 
 def training_batch(encoder: TextEncoder, head: Head, split: Split, rows, epoch: int, seed: int) -> tuple[Texts, Videos]:
     """Pair i = (caption rows[i], its video), with N sampled tags a side when the head reads them."""
-    texts = encoder(split.texts(rows), words=head.reads_words)
+    texts = Texts(split.text_embeds(rows).to(encoder.device)) if reads_stored_text(encoder, head, split) else \
+        encoder(split.texts(rows), words=head.reads_words)
     videos = Videos(split.frames(rows).to(encoder.device, non_blocking=True))
     if head.reads_tags:
         sentences = split.tag_sentences(rows, epoch, seed)
@@ -117,7 +118,17 @@ def test_texts(encoder: TextEncoder, head: Head, split: Split, rows=None) -> Tex
     """The split's captions (all, or these rows), with the first M tags when the head reads them."""
     rows = range(len(split)) if rows is None else rows
     tags = split.tag_sentences(rows, epoch=None)["textual"] if head.reads_tags else None
-    return encoder.encode(split.texts(rows), words=head.reads_words, tags=tags)
+    if not reads_stored_text(encoder, head, split):
+        return encoder.encode(split.texts(rows), words=head.reads_words, tags=tags)
+    texts = Texts(split.text_embeds(rows).to(encoder.device))
+    if tags is not None:
+        texts.tags = encoder.encode(tags).embeds
+    return texts
+
+
+def reads_stored_text(encoder: TextEncoder, head: Head, split: Split) -> bool:
+    """Whether the captions' embeddings come from text_features rather than the tower."""
+    return split.stored_text is not None and not encoder.trainable and not head.reads_words
 
 
 def test_videos(encoder: TextEncoder, head: Head, split: Split, videos=None) -> Videos:
@@ -209,10 +220,9 @@ def run_training(config: TrainConfig) -> dict:
     opt = config.optim
     encoder = TextEncoder(checkpoint, device, trainable=opt.text_lr > 0)
     head = build_head(config.model, encoder.dim, config.data.num_frames, config.data.tags).to(device)
-    if isinstance(head, Lsdo) and head.features == "shared":  # Eq. 4: m training videos, drawn with the seed
-        picks = np.random.default_rng(config.seed).choice(len(train.video_ids), config.model.shared_videos,
-                                                          replace=len(train.video_ids) < config.model.shared_videos)
-        head.set_reference(train.video_frames(np.sort(picks)).to(device))
+    if isinstance(head, Lsdo) and head.features == "shared":  # Eq. 4: m training videos, one per category
+        references = train.reference_videos(config.model.shared_videos, config.seed)
+        head.set_reference(train.video_frames(references).to(device))
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(config), sort_keys=False))
