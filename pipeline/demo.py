@@ -11,6 +11,7 @@ video does not exist, so the failure paths show too.
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 from pipeline import synth
@@ -112,5 +113,6 @@ def run_demo(out: Path, workers: int | None = None, report=print):
     build_tiny_lm(out / "models" / "tiny-lm")
     build_tiny_vlm(out / "models" / "tiny-vlm")
     results = run_pipeline(demo_config(out, workers), report=report)
+    shutil.rmtree(out / "train", ignore_errors=True)  # a new run each time, not the resumption of an old one
     metrics = run_training(demo_training(out))
     return results, metrics

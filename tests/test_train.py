@@ -472,3 +472,43 @@ def test_lsdo_reference_videos_take_one_per_category_then_draw_the_rest():
     plain = Split("train", [], [], [f"video{i}" for i in range(4)], np.zeros(0, np.int64), frame_store=None,
                   visual_tags=None, textual_tags=None)
     assert sorted(plain.reference_videos(4, seed=2).tolist()) == [0, 1, 2, 3]
+
+
+def test_a_run_cut_off_after_an_epoch_resumes_to_the_same_numbers(planted, tmp_path, monkeypatch, capsys):
+    from pipeline.train import loop
+
+    settings = ["model.head=tmass", "model.trials=4", "optim.epochs=3"]  # random draws: RNG state must carry over
+    whole = run_training(_config(planted, tmp_path / "whole", *settings))
+
+    calls = []
+    real_evaluate = loop.evaluate
+
+    def cut_off_in_epoch_three(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while evaluating epoch 3, before its checkpoint
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(loop, "evaluate", cut_off_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(_config(planted, tmp_path / "cut", *settings))
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    resumed = run_training(_config(planted, tmp_path / "cut", *settings))
+    assert resumed == whole
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text()) == \
+        json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert run_training(_config(planted, tmp_path / "cut", *settings)) == whole  # done: nothing to train
+
+    state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert set(state["versions"]) == {"frame_features", "captions", "videos"}
+    state["versions"]["frame_features"] = "0123456789ab"  # as if the features had been recomputed since
+    torch.save(state, tmp_path / "cut" / "checkpoint.pt")
+    with pytest.raises(ConfigError, match=r"over other data \(frame_features changed since\)"):
+        run_training(_config(planted, tmp_path / "cut", *settings))
+
+    with pytest.raises(ConfigError, match=r"holds another run \(its config differs in model.head, model.trials\)"):
+        run_training(_config(planted, tmp_path / "cut", "optim.epochs=3"))
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(config_lib.to_dict(_config(planted, tmp_path / "cut"))))
+    assert main(["train", str(tmp_path / "other.yaml")]) == 2
+    assert "holds another run" in capsys.readouterr().err

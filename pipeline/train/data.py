@@ -214,48 +214,60 @@ def _split(name: str, captions: dict, features: FrameStore, visual: dict | None,
 
 def load_splits(data: DataConfig) -> tuple[Split, Split, dict]:
     """(train, test, checkpoint): the splits, and the CLIP checkpoint frame_features used
-    ({"model", "revision"}), whose text tower the trainer must use so that both sides match."""
+    ({"model", "revision"}), whose text tower the trainer must use so that both sides match, with
+    "versions": the version of each stage output read."""
     from pipeline.tag_stats import merged_tags
 
     store = Store.open(data.out)
-    features = _output(store, data, "frame_features")
+    versions: dict[str, str] = {}
+
+    def output(stage: str) -> StageOutput:
+        found = _output(store, data, stage)
+        versions[stage] = found.version
+        return found
+
+    features = output("frame_features")
     identity = (read_manifest(store, features.stage, features.version) or {}).get("identity", {})
     model = identity.get("config", {}).get("model")
     if not model:
         raise InputNotReadyError(f"{data.out}/{features.path}/_manifest.json names no model")
-    checkpoint = {"model": model, "revision": identity["config"].get("revision")}
-    captions = InputReader(store, _output(store, data, "captions")).table(
-        columns=["caption_id", "video_id", "text", "split"]).to_pydict()
+    checkpoint = {"model": model, "revision": identity["config"].get("revision"), "versions": versions}
+    captions = InputReader(store, output("captions")).table(columns=["caption_id", "video_id", "text", "split"])
+    captions = captions.to_pydict()
     visual = textual = None
     if data.tags:
-        visual = _tag_map(merged_tags(store, "visual_tags", _output(store, data, "visual_tags").version))
-        textual = _tag_map(merged_tags(store, "textual_tags", _output(store, data, "textual_tags").version))
+        visual = _tag_map(merged_tags(store, "visual_tags", output("visual_tags").version))
+        textual = _tag_map(merged_tags(store, "textual_tags", output("textual_tags").version))
     frames = FrameStore(store, features, data.num_frames, data.cache_parts)
-    videos = InputReader(store, _output(store, data, "videos")).table(columns=["video_id", "extra"]).to_pydict()
+    videos = InputReader(store, output("videos")).table(columns=["video_id", "extra"]).to_pydict()
     categories = {v: json.loads(e).get("category") for v, e in zip(videos["video_id"], videos["extra"]) if e}
     categories = {v: str(c) for v, c in categories.items() if c is not None}
     train = _split(data.train_split, captions, frames, visual, textual, data, categories)
     test = _split(data.test_split, captions, frames, visual, textual, data, categories)
     test.hold()
     if data.text_features:
-        _attach_text_features(store, data, checkpoint, (train, test))
+        used = _attach_text_features(store, data, checkpoint, (train, test))
+        if used:
+            versions["text_features"] = used
     return train, test, checkpoint
 
 
-def _attach_text_features(store: Store, data: DataConfig, checkpoint: dict, splits: tuple[Split, ...]) -> None:
+def _attach_text_features(store: Store, data: DataConfig, checkpoint: dict, splits: tuple[Split, ...]
+                          ) -> str | None:
     """Each split's stored caption embeddings, when text_features exists for the same checkpoint
-    and covers every caption; otherwise the tower encodes them (and the log says why)."""
+    and covers every caption; otherwise the tower encodes them (and the log says why). Returns the
+    text_features version used, if any split uses it."""
     if "text_features" in data.versions:
         output = _output(store, data, "text_features")  # pinned: missing is an error
     else:
         output = latest(store, "text_features")
         if output is None:
-            return
+            return None
     config = (read_manifest(store, output.stage, output.version) or {}).get("identity", {}).get("config", {})
-    if {"model": config.get("model"), "revision": config.get("revision")} != checkpoint:
+    if (config.get("model"), config.get("revision")) != (checkpoint["model"], checkpoint["revision"]):
         log.warning("text_features %s is from %s, not frame_features' %s: captions are encoded by the tower",
                     output.version, config.get("model"), checkpoint["model"])
-        return
+        return None
     table = InputReader(store, output).table(columns=["caption_id", "features"])
     index = {c: i for i, c in enumerate(table.column("caption_id").to_pylist())}
     column = table.column("features").combine_chunks()
@@ -267,6 +279,7 @@ def _attach_text_features(store: Store, data: DataConfig, checkpoint: dict, spli
                         output.version, len(missing), split.name, missing[0])
             continue
         split.stored_text = features[[index[c] for c in split.caption_ids]]
+    return output.version if any(split.stored_text is not None for split in splits) else None
 
 
 def _tag_map(table) -> dict[str, list[str]]:

@@ -7,14 +7,18 @@ Video features come precomputed from `frame_features`; text goes through the CLI
 the same checkpoint (frozen when `optim.text_lr` is 0). After every epoch the test split is scored
 with each inference strategy (none, DSL, QB-Norm) in both directions, appended to
 `OUTPUT_DIR/metrics.json`, and `checkpoint.pt` (head, and the text encoder when trained) is saved
-with the resolved `config.yaml` beside it. Seeded (python, numpy, torch); CPU or one GPU (bf16
-autocast on CUDA).
+with the resolved `config.yaml` beside it, with the optimiser and random state: a run cut off
+goes on from its last epoch when started again with the same config (and gives the same numbers),
+and an OUTPUT_DIR that holds another run is refused. Seeded (python, numpy, torch); CPU or one GPU
+(bf16 autocast on CUDA).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import random
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline import config as config_lib
+from pipeline.config import ConfigError
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import Split, load_splits
 from pipeline.train.heads import Head, Lsdo, Texts, Videos, build_head
@@ -33,6 +38,7 @@ from pipeline.train.inference import dual_softmax, qb_norm
 from pipeline.train.metrics import retrieval_metrics, video_to_text_metrics
 
 STRATEGIES = ("none", "dsl", "qbnorm")
+log = logging.getLogger(__name__)
 
 # ---- schedule -------------------------------------------------------------------------------------
 
@@ -210,10 +216,13 @@ def _param_groups(module: nn.Module, lr: float, weight_decay: float) -> list[dic
 
 
 def run_training(config: TrainConfig) -> dict:
-    """Train, evaluating and checkpointing every epoch; returns the last epoch's metrics."""
+    """Train, evaluating and checkpointing every epoch (resuming this run's checkpoint when there is
+    one); returns the last epoch's metrics."""
     from pipeline.models.clip import resolve_device
 
-    # -- setup: seed, device, data, models
+    # -- setup: the output folder (this run's, to resume, or a new one), seed, device, data, models
+    out = Path(config.output_dir)
+    saved = _saved_run(out, config)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     train, test, checkpoint = load_splits(config.data)
@@ -223,9 +232,9 @@ def run_training(config: TrainConfig) -> dict:
     if isinstance(head, Lsdo) and head.features == "shared":  # Eq. 4: m training videos, one per category
         references = train.reference_videos(config.model.shared_videos, config.seed)
         head.set_reference(train.video_frames(references).to(device))
-    out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(config), sort_keys=False))
+    _write_atomically(out / "config.yaml", lambda f: f.write(yaml.safe_dump(config_lib.to_dict(config),
+                                                                            sort_keys=False).encode()))
 
     # -- optimiser and schedule: AdamW (T-MASS Sec. 4.1), one learning rate for the head, one for CLIP
     groups = _param_groups(head, opt.lr, opt.weight_decay)
@@ -237,8 +246,24 @@ def run_training(config: TrainConfig) -> dict:
     warmup_steps = round(opt.warmup_fraction * total_steps)
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda"))
 
-    step, metrics = 0, {}
-    for epoch in range(opt.epochs):
+    # -- resume: OUTPUT_DIR holds this very run, cut off after an epoch: go on from its checkpoint
+    step, metrics, first_epoch = 0, {}, 0
+    if saved is not None:
+        head.load_state_dict(saved["head"])
+        if saved["text_encoder"] is not None:
+            encoder.model.load_state_dict(saved["text_encoder"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step, metrics, first_epoch = saved["step"], saved["metrics"], saved["epoch"]
+        torch.set_rng_state(saved["rng"])
+        if saved["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        if saved["versions"] != checkpoint["versions"]:
+            changed = sorted(k for k in {**saved["versions"], **checkpoint["versions"]}
+                             if saved["versions"].get(k) != checkpoint["versions"].get(k))
+            raise ConfigError(f"{out} holds this config's run over other data ({', '.join(changed)} changed since): "
+                              f"set another output_dir, pin data.versions, or remove that one")
+        log.warning("%s: resuming after epoch %d of %d", out, first_epoch, opt.epochs)
+    for epoch in range(first_epoch, opt.epochs):
         # -- train one epoch: every training caption once, with its video, in seeded random batches
         head.train()
         encoder.train()
@@ -262,12 +287,46 @@ def run_training(config: TrainConfig) -> dict:
         # -- evaluate, record, save
         metrics = {"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)),
                    **evaluate(head, encoder, train, test, config)}
+        state = {"head": head.state_dict(), "epoch": epoch + 1, "step": step, "metrics": metrics,
+                 "versions": checkpoint["versions"],
+                 "text_encoder": encoder.model.state_dict() if encoder.trainable else None,
+                 "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if device.startswith("cuda") else None}
+        _write_atomically(out / "checkpoint.pt", lambda f: torch.save(state, f))  # the checkpoint is the commit
         history = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else []
-        (out / "metrics.json").write_text(json.dumps([*history, metrics], indent=1))
-        torch.save({"head": head.state_dict(), "epoch": epoch + 1, "metrics": metrics,
-                    "text_encoder": encoder.model.state_dict() if encoder.trainable else None},
-                   out / "checkpoint.pt")
+        history = [m for m in history if m["epoch"] <= epoch] + [metrics]  # a cut-off epoch's line is replaced
+        _write_atomically(out / "metrics.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
     return metrics
+
+
+def _write_atomically(path: Path, write) -> None:
+    """`write(file)` to a temporary file beside `path`, then renamed over it: a run killed while
+    saving leaves the previous file whole."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as file:
+        write(file)
+    os.replace(temporary, path)
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in sorted(set(a) | set(b))
+                for d in _differences(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _saved_run(out: Path, config: TrainConfig) -> dict | None:
+    """The checkpoint to resume from when OUTPUT_DIR holds this run (the same resolved config, the
+    progress bar aside); None when it holds no checkpoint; an error when it holds another run."""
+    file = out / "checkpoint.pt"
+    if not file.is_file():
+        return None
+    saved = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
+    differ = [d for d in _differences(saved, config_lib.to_dict(config)) if d != "progress"]
+    if differ:
+        raise ConfigError(f"{out} holds another run (its config differs in {', '.join(differ[:4])}"
+                          f"{', ...' if len(differ) > 4 else ''}): set another output_dir, or remove that one")
+    return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def evaluate_checkpoint(path: str | Path) -> dict:
@@ -283,6 +342,9 @@ def evaluate_checkpoint(path: str | Path) -> dict:
     state = torch.load(file, map_location="cpu", weights_only=True)
     seed_everything(config.seed)
     train, test, checkpoint = load_splits(config.data)
+    if state["versions"] != checkpoint["versions"]:
+        log.warning("%s was trained on %s; the data now reads %s: the metrics will differ from the ones recorded",
+                    file, state["versions"], checkpoint["versions"])
     encoder = TextEncoder(checkpoint, resolve_device(config.device), trainable=False)
     if state["text_encoder"] is not None:
         encoder.model.load_state_dict(state["text_encoder"])
