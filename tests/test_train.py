@@ -403,7 +403,8 @@ def test_tvr_train_and_eval_on_a_tiny_config(planted, tmp_path, capsys):
     assert evaluated.splitlines()[1:] == trained.splitlines()[1:-1]  # the same metrics lines
     assert main(["eval", str(tmp_path / "nowhere")]) == 2
     capsys.readouterr()
-    assert main(["train", str(config), "--set", "model.head=macvr", "--set", "model.concepts=5"]) == 2
+    assert main(["train", str(config), "--set", "model.head=macvr", "--set", "model.concepts=5",
+                 "--set", f"output_dir={tmp_path / 'macvr'}"]) == 2
     assert "model.concepts=5 does not divide the embedding width 16" in capsys.readouterr().err
 
 

@@ -120,7 +120,7 @@ def training_batch(encoder: TextEncoder, head: Head, split: Split, rows, epoch: 
     return texts, videos
 
 
-def test_texts(encoder: TextEncoder, head: Head, split: Split, rows=None) -> Texts:
+def eval_texts(encoder: TextEncoder, head: Head, split: Split, rows=None) -> Texts:
     """The split's captions (all, or these rows), with the first M tags when the head reads them."""
     rows = range(len(split)) if rows is None else rows
     tags = split.tag_sentences(rows, epoch=None)["textual"] if head.reads_tags else None
@@ -137,7 +137,7 @@ def reads_stored_text(encoder: TextEncoder, head: Head, split: Split) -> bool:
     return split.stored_text is not None and not encoder.trainable and not head.reads_words
 
 
-def test_videos(encoder: TextEncoder, head: Head, split: Split, videos=None) -> Videos:
+def eval_videos(encoder: TextEncoder, head: Head, split: Split, videos=None) -> Videos:
     """The split's videos (all, or these indices), with the first M visual tags when the head reads them."""
     tags = split.video_tag_sentences(videos) if head.reads_tags else None
     return Videos(split.video_frames(videos).to(encoder.device),
@@ -148,11 +148,11 @@ def test_videos(encoder: TextEncoder, head: Head, split: Split, videos=None) -> 
 
 
 @torch.no_grad()
-def similarity_matrix(head: Head, texts: Texts, videos: Videos, chunk: int) -> torch.Tensor:
+def similarity_matrix(head: Head, texts: Texts, videos: Videos, chunk: int, desc: str | None = None) -> torch.Tensor:
     """[T, V] float32 on the CPU, in blocks of `chunk` texts x `chunk` videos (X-Pool pools every
-    video for every text: a block holds chunk^2 pooled embeddings)."""
+    video for every text: a block holds chunk^2 pooled embeddings); a progress bar when `desc`."""
     rows = []
-    for i in range(0, len(texts), chunk):
+    for i in tqdm(range(0, len(texts), chunk), desc=desc, unit="block", disable=desc is None, leave=False):
         rows.append(torch.cat([head.similarity(texts[i : i + chunk], videos[j : j + chunk]).float().cpu()
                                for j in range(0, len(videos), chunk)], dim=1))
     return torch.cat(rows)
@@ -174,15 +174,18 @@ def _evaluate(head: Head, encoder: TextEncoder, train: Split, test: Split, confi
     head.eval()
     encoder.eval()
     ev = config.eval
-    texts, videos = test_texts(encoder, head, test), test_videos(encoder, head, test)
-    sim = similarity_matrix(head, texts, videos, ev.chunk)
+    texts, videos = eval_texts(encoder, head, test), eval_videos(encoder, head, test)
+    desc = (lambda what: what) if config.progress else (lambda what: None)
+    sim = similarity_matrix(head, texts, videos, ev.chunk, desc("test"))
 
     rng = np.random.default_rng(config.seed)
     bank_texts = np.sort(rng.choice(len(train), min(ev.querybank_size, len(train)), replace=False))
     bank_videos = np.sort(rng.choice(len(train.video_ids), min(ev.querybank_size, len(train.video_ids)),
                                      replace=False))
-    bank_t2v = similarity_matrix(head, test_texts(encoder, head, train, bank_texts), videos, ev.chunk)  # P x V
-    bank_v2t = similarity_matrix(head, texts, test_videos(encoder, head, train, bank_videos), ev.chunk).T  # P x T
+    bank_t2v = similarity_matrix(head, eval_texts(encoder, head, train, bank_texts), videos, ev.chunk,
+                                 desc("querybank t2v"))  # P x V
+    bank_v2t = similarity_matrix(head, texts, eval_videos(encoder, head, train, bank_videos), ev.chunk,
+                                 desc("querybank v2t")).T  # P x T
 
     qb = dict(k=min(ev.qb_k, sim.shape[1]), beta=ev.qb_beta, theta=ev.qb_theta)
     scored = {  # strategy -> (texts x videos for t2v, texts x videos for v2t)
