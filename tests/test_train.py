@@ -240,6 +240,21 @@ def test_heads_score_every_pair_and_gradients_reach_everything(name):
         assert texts.tags.grad is None and videos.tags.grad is None  # ignored, as they must be
 
 
+@pytest.mark.parametrize("name", list(_heads()))
+def test_heads_run_under_bf16_autocast(name):
+    # As on a GPU, where the loop trains under bf16 autocast: the text tower's outputs arrive in
+    # bf16 beside float32 stored frames (CPU autocast here: its op lists are close to CUDA's).
+    torch.manual_seed(0)
+    head = _heads()[name]
+    texts = Texts(torch.randn(5, 16).bfloat16(), torch.randn(5, 4, 16).bfloat16(), torch.ones(5, 4, dtype=torch.bool),
+                  torch.randn(5, 16).bfloat16())
+    videos = Videos(torch.randn(5, 3, 16), torch.randn(5, 16).bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = head.loss(texts, videos)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
+
+
 def test_the_loss_is_symmetric_infonce_with_the_logit_scale():
     head = MeanPool(0.5)  # logit scale 2
     text, frames = torch.eye(3), torch.eye(3)[:, None, :].repeat(1, 2, 1)
