@@ -1,4 +1,5 @@
-"""`tvr`: the command line over the library (manifest, run, train, eval, demo, status, verify, stats, prompts).
+"""`tvr`: the command line over the library (manifest, run, train, eval, demo, status, verify, stats,
+export-tags, prompts).
 
 Errors a user can act on (a bad key, an unreadable annotation file, a damaged or busy output, a
 full disk) are printed as one line naming the file or key, with exit status 2 for what the
@@ -115,6 +116,19 @@ def _cmd_stats(args) -> int:
     return 0
 
 
+def _cmd_export_tags(args) -> int:
+    from pipeline.tag_export import export_tags
+
+    if not Path(args.out).exists() and "://" not in args.out:
+        raise ConfigError(f"{args.out} does not exist")
+    summary = export_tags(args.out, args.dest, args.manifest, args.visual_version, args.textual_version)
+    for file in summary.files:
+        print(f"wrote {file}")
+    print(f"{summary.rows} rows; without visual tags: {summary.without_visual}, "
+          f"without textual tags: {summary.without_textual} (written with an empty list)")
+    return 0
+
+
 def _cmd_prompts_list(args) -> int:
     from pipeline.prompts import PromptError, list_prompts, load_prompt, prompts_folder
 
@@ -224,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("out")
     stats.add_argument("--top", type=int, default=10, help="how many of the most frequent tags to list")
     stats.set_defaults(func=_cmd_stats)
+
+    export = command("export-tags", help="write the tags in the files MAC-VR's released code reads "
+                                         "(MSR-VTT anns/*.csv, DiDeMo/ActivityNet all_concepts_llama3.json)")
+    export.add_argument("out")
+    export.add_argument("dest", help="the folder to write into (the reference code's data folder)")
+    export.add_argument("--manifest", default="latest", help="the manifest version whose captions and splits to use")
+    export.add_argument("--visual-version", help="a visual_tags version (default: LATEST)")
+    export.add_argument("--textual-version", help="a textual_tags version (default: LATEST)")
+    export.set_defaults(func=_cmd_export_tags)
 
     # No --debug on `prompts` itself: argparse would reset it from the leaf's default.
     prompts = commands.add_parser("prompts", help="list the prompt templates, or render one as a model sees it")

@@ -95,8 +95,8 @@ def tiny_clip(tmp_path_factory) -> str:
     return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
 
 
-def _write_manifest(out: Path, train_videos: int = TRAIN_VIDEOS, test_videos: int = TEST_VIDEOS
-                    ) -> tuple[dict[str, list[str]], dict]:
+def _write_manifest(out: Path, train_videos: int = TRAIN_VIDEOS, test_videos: int = TEST_VIDEOS,
+                    source_format: str = "test") -> tuple[dict[str, list[str]], dict]:
     """Train videos with two captions each, test videos with one (MSR-VTT 9k / 1k-A style); the
     captions per video, and the manifest's outputs as stage inputs."""
     rng = np.random.default_rng(1)
@@ -114,7 +114,7 @@ def _write_manifest(out: Path, train_videos: int = TRAIN_VIDEOS, test_videos: in
                               "extra": [None] * len(captions)}, schema=CAPTIONS)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     outputs = write_dataset_manifest(store, table, caption_table, MANIFEST_PROBLEMS.empty_table(),
-                                     str(out / "videos"), {"format": "test"})
+                                     str(out / "videos"), {"format": source_format})
     return texts, outputs.as_inputs()
 
 
@@ -156,10 +156,15 @@ def _tag_setup(config):
     return plant
 
 
-def _plant_tags(out: Path, texts: dict[str, list[str]], inputs: dict) -> None:
+def _category_tags(texts: dict[str, list[str]]) -> tuple[dict, dict]:
+    """(visual, textual): each video's category as its visual tag and as its captions' textual tag."""
     category = {v: CATEGORIES[int(v[5:]) % len(CATEGORIES)] for v in texts}
-    visual = {v: [category[v]] for v in texts}
-    textual = {f"{v}#{k}": [category[v]] for v, captions in texts.items() for k in range(len(captions))}
+    return ({v: [category[v]] for v in texts},
+            {f"{v}#{k}": [category[v]] for v, captions in texts.items() for k in range(len(captions))})
+
+
+def _plant_tags(out: Path, inputs: dict, visual: dict[str, list[str]], textual: dict[str, list[str]]) -> None:
+    """visual_tags and textual_tags versions holding these tags (item id -> tags), one temperature."""
     for name, items, key, tags in (("visual_tags", "videos", "video_id", visual),
                                    ("textual_tags", "captions", "caption_id", textual)):
         stage = Stage(name=name, description="planted tags", key="item_id", inputs=(items,),
@@ -176,7 +181,7 @@ def planted_with_tags(tmp_path_factory, tiny_clip, ray_session) -> Path:
     texts, inputs = _write_manifest(out, 64, 64)
     run_stage(Store.open(str(out)), PLANTED, PlantConfig(model=tiny_clip, texts=texts, noise=0.7), inputs,
               RunnerConfig(rows_per_shard=8, progress=False))
-    _plant_tags(out, texts, inputs)
+    _plant_tags(out, inputs, *_category_tags(texts))
     return out
 
 

@@ -1,0 +1,110 @@
+"""Tags in the files MAC-VR's released code reads (`tvr export-tags OUT DEST`), so that the reference
+implementation can train on tags this pipeline generated (REFERENCE.md, "Tags as MAC-VR's released
+code reads them"):
+
+- MSR-VTT: `DEST/anns/training_9k.csv` (the manifest's train split) and `DEST/anns/testing.csv`
+  (its test split): a header row, then one row per caption, four columns read by position:
+  `video_id, sentence, textual tags, visual tags`, each tag list a Python list literal;
+- DiDeMo and ActivityNet: `DEST/all_concepts_llama3.json`, `video_id -> [visual tags, textual tags]`,
+  each a Python list literal string (DiDeMo's ids are already file names without the extension).
+
+Tags are `merged_tags`' ranking (most votes over the temperatures first), which is what the
+reference code's "first M at test" expects. An item without tags (its requests failed, or the
+model gave none) is written with an empty list and counted in the summary, never left out.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import ConfigError
+from pipeline.outputs import InputNotReadyError, latest, read_manifest
+from pipeline.stage import InputReader, StageOutput
+from pipeline.storage import Store
+from pipeline.tag_stats import merged_tags
+
+PARAGRAPH_FORMATS = ("didemo", "activitynet")
+MSRVTT_FILES = {"train": "anns/training_9k.csv", "test": "anns/testing.csv"}
+
+
+@dataclass
+class ExportSummary:
+    files: list[str]
+    rows: int
+    without_visual: int  # rows (or videos) written with an empty visual tag list
+    without_textual: int
+
+
+def _tags(store: Store, stage: str, version: str | None) -> dict[str, list[str]]:
+    if version is None:
+        found = latest(store, stage)
+        if found is None:
+            raise InputNotReadyError(f"no {stage} in {store.root}: run `tvr run CONFIG --stages {stage}` first")
+        version = found.version
+    table = merged_tags(store, stage, version).select(["item_id", "tags"]).to_pydict()
+    return dict(zip(table["item_id"], table["tags"]))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def export_tags(out: str, dest: str | Path, manifest: str = "latest", visual_version: str | None = None,
+                textual_version: str | None = None) -> ExportSummary:
+    """Write the reference code's tag files for the dataset in `out` under `dest`."""
+    store = Store.open(out)
+    if manifest == "latest":
+        found = latest(store, "manifest")
+        if found is None:
+            raise InputNotReadyError(f"{out} has no complete manifest; run `tvr manifest` first")
+        manifest = found.version
+    record = read_manifest(store, "manifest", manifest)
+    if record is None or not record.get("complete"):
+        raise InputNotReadyError(f"{out} has no complete manifest {manifest}")
+    dataset = (record.get("source") or {}).get("format")
+    if dataset != "msrvtt" and dataset not in PARAGRAPH_FORMATS:
+        raise ConfigError(f"the manifest in {out} is {dataset!r}: MAC-VR's released code reads tag files for "
+                          f"msrvtt, didemo and activitynet only")
+    visual = _tags(store, "visual_tags", visual_version)
+    textual = _tags(store, "textual_tags", textual_version)
+    captions = InputReader(store, StageOutput("captions", record["captions"])).table(
+        columns=["caption_id", "video_id", "text", "split"]).to_pylist()
+    dest = Path(dest)
+    if dataset == "msrvtt":
+        return _write_msrvtt(dest, captions, visual, textual)
+    return _write_paragraphs(dest, captions, visual, textual)
+
+
+def _write_msrvtt(dest: Path, captions: list[dict], visual: dict, textual: dict) -> ExportSummary:
+    files, rows, no_visual, no_textual = [], 0, 0, 0
+    for split, name in MSRVTT_FILES.items():
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["video_id", "sentence", "textual_tags", "visual_tags"])
+        for caption in (c for c in captions if c["split"] == split):
+            v, t = visual.get(caption["video_id"], []), textual.get(caption["caption_id"], [])
+            writer.writerow([caption["video_id"], caption["text"], repr(list(t)), repr(list(v))])
+            rows, no_visual, no_textual = rows + 1, no_visual + (not v), no_textual + (not t)
+        _write_atomically(dest / name, buffer.getvalue())
+        files.append(str(dest / name))
+    return ExportSummary(files, rows, no_visual, no_textual)
+
+
+def _write_paragraphs(dest: Path, captions: list[dict], visual: dict, textual: dict) -> ExportSummary:
+    by_video: dict[str, list[str]] = {}
+    for caption in captions:  # one paragraph per video; should there be more, their tags in order, once each
+        merged = by_video.setdefault(caption["video_id"], [])
+        merged += [t for t in textual.get(caption["caption_id"], []) if t not in merged]
+    concepts = {v: [repr(list(visual.get(v, []))), repr(t)] for v, t in sorted(by_video.items())}
+    path = dest / "all_concepts_llama3.json"
+    _write_atomically(path, json.dumps(concepts, indent=1, ensure_ascii=False))
+    return ExportSummary([str(path)], len(concepts), sum(not visual.get(v) for v in by_video),
+                         sum(not t for t in by_video.values()))
