@@ -69,8 +69,9 @@ def write_dataset_manifest(store: Store, videos: pa.Table, captions: pa.Table, p
     return ManifestOutputs(manifest_output, StageOutput("videos", video_output.version, root=root), caption_output)
 
 
-def read_dataset_manifest(store: Store, version: str, video_root: str | None = None) -> ManifestOutputs:
-    """An existing manifest (a version, or "latest"); the video root defaults to the recorded one."""
+def manifest_record(store: Store, version: str) -> tuple[str, dict]:
+    """(version, its _manifest.json record) of a complete manifest (a version, or "latest"): its
+    videos and captions versions, and `source` (the annotation format and where it was read)."""
     if version == "latest":
         found = latest(store, "manifest")
         if found is None:
@@ -80,6 +81,12 @@ def read_dataset_manifest(store: Store, version: str, video_root: str | None = N
     if record is None or not record.get("complete"):
         known = ", ".join(store.list_dirs("manifest")) or "none"
         raise InputNotReadyError(f"{store.root} has no complete manifest {version} (manifests there: {known})")
+    return version, record
+
+
+def read_dataset_manifest(store: Store, version: str, video_root: str | None = None) -> ManifestOutputs:
+    """An existing manifest (a version, or "latest"); the video root defaults to the recorded one."""
+    version, record = manifest_record(store, version)
     videos = read_manifest(store, "videos", record["videos"]) or {}
     root = os.path.abspath(video_root) if video_root else videos.get("root")
     if not root or not os.path.isdir(root):

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ConfigError
-from pipeline.outputs import InputNotReadyError, latest, read_manifest
+from pipeline.manifest import manifest_record
+from pipeline.outputs import InputNotReadyError, latest
 from pipeline.stage import InputReader, StageOutput
 from pipeline.storage import Store
 from pipeline.tag_stats import merged_tags
@@ -61,14 +62,7 @@ def export_tags(out: str, dest: str | Path, manifest: str = "latest", visual_ver
                 textual_version: str | None = None) -> ExportSummary:
     """Write the reference code's tag files for the dataset in `out` under `dest`."""
     store = Store.open(out)
-    if manifest == "latest":
-        found = latest(store, "manifest")
-        if found is None:
-            raise InputNotReadyError(f"{out} has no complete manifest; run `tvr manifest` first")
-        manifest = found.version
-    record = read_manifest(store, "manifest", manifest)
-    if record is None or not record.get("complete"):
-        raise InputNotReadyError(f"{out} has no complete manifest {manifest}")
+    _, record = manifest_record(store, manifest)
     dataset = (record.get("source") or {}).get("format")
     if dataset != "msrvtt" and dataset not in PARAGRAPH_FORMATS:
         raise ConfigError(f"the manifest in {out} is {dataset!r}: MAC-VR's released code reads tag files for "
