@@ -2,8 +2,9 @@
 
     train, test, model = load_splits(cfg.data)   # model: the CLIP checkpoint frame_features used
     for rows in train.batches(32, epoch=0, seed=0):
-        texts = train.texts(rows, epoch=0, seed=0)  # caption texts
+        texts = train.texts(rows)                   # caption texts (or train.text_embeds(rows), stored)
         frames = train.frames(rows)                 # float32 [B, num_frames, dim]
+        tags = train.tag_sentences(rows, epoch=0, seed=0)  # {"visual": [...], "textual": [...]} with data.tags
 
 Promises: a split is one row per caption whose video has frame features (MSR-VTT style: several
 captions per video in training, `text_to_video` mapping each test caption to its column among the
