@@ -84,12 +84,16 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _require_out(out: str) -> None:
+    """A local output folder must exist (a URI is the filesystem's to check)."""
+    if not Path(out).exists() and "://" not in out:
+        raise ConfigError(f"{out} does not exist")
+
+
 def _cmd_status(args) -> int:
     from pipeline.status import collect, render
 
-    if not Path(args.out).exists() and "://" not in args.out:
-        print(f"{args.out} does not exist", file=sys.stderr)
-        return 1
+    _require_out(args.out)
     print(render(collect(args.out)))
     return 0
 
@@ -97,8 +101,7 @@ def _cmd_status(args) -> int:
 def _cmd_verify(args) -> int:
     from pipeline.verify import verify
 
-    if not Path(args.out).exists() and "://" not in args.out:
-        raise ConfigError(f"{args.out} does not exist")
+    _require_out(args.out)
     report = verify(args.out, stage=args.stage, repair=args.repair)
     if args.repair and report.repaired:
         print(report.render())
@@ -110,8 +113,7 @@ def _cmd_verify(args) -> int:
 def _cmd_stats(args) -> int:
     from pipeline.tag_stats import format_statistics, tag_statistics
 
-    if not Path(args.out).exists() and "://" not in args.out:
-        raise ConfigError(f"{args.out} does not exist")
+    _require_out(args.out)
     print(format_statistics(*tag_statistics(args.out, top=args.top)))
     return 0
 
@@ -119,8 +121,7 @@ def _cmd_stats(args) -> int:
 def _cmd_export_tags(args) -> int:
     from pipeline.tag_export import export_tags
 
-    if not Path(args.out).exists() and "://" not in args.out:
-        raise ConfigError(f"{args.out} does not exist")
+    _require_out(args.out)
     summary = export_tags(args.out, args.dest, args.manifest, args.visual_version, args.textual_version)
     for file in summary.files:
         print(f"wrote {file}")

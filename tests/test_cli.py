@@ -218,3 +218,12 @@ def test_demo_ends_with_a_short_training_run(demo_out):
     for direction in ("t2v", "v2t"):
         for strategy in ("none", "dsl", "qbnorm"):
             assert f"{direction} {strategy}" in printed and strategy in lines
+
+
+@pytest.mark.parametrize("command", [["status"], ["verify"], ["stats"], ["export-tags", "DEST"]])
+def test_commands_on_an_output_folder_that_is_not_there_say_so_in_one_line(tmp_path, capsys, command):
+    missing = str(tmp_path / "nowhere")
+    argv = [command[0], missing, *[str(tmp_path / a) for a in command[1:]]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"tvr {command[0]}: error: {missing} does not exist\n"

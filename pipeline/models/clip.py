@@ -162,11 +162,16 @@ def _drop_load_report(record: logging.LogRecord) -> bool:
     return "LOAD REPORT" not in record.getMessage()
 
 
-def _load_tower(cls, model: str, revision: str | None, sub_config, projection_dim: int, device: str,
-                dtype: torch.dtype):
+def _load_tower(cls, part: str, model: str, revision: str | None, device: str, dtype: str):
+    """(tower, the checkpoint's CLIP config, device, torch dtype): the `part` ("vision_config" or
+    "text_config") of a CLIP checkpoint as `cls`, in eval mode on the resolved device."""
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    config = _clip_config(model, revision)
     # The tower's own config inside a CLIPModel checkpoint may carry a stale projection_dim (the
     # top-level one is what CLIPModel uses), so build the tower from the sub-config with it set.
-    sub_config.projection_dim = projection_dim
+    sub_config = getattr(config, part)
+    sub_config.projection_dim = config.projection_dim
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per worker would clutter the run's log
@@ -176,14 +181,14 @@ def _load_tower(cls, model: str, revision: str | None, sub_config, projection_di
     report_log = logging.getLogger("transformers.modeling_utils")
     report_log.addFilter(_drop_load_report)
     try:
-        tower, info = cls.from_pretrained(model, revision=revision, config=sub_config, dtype=dtype,
+        tower, info = cls.from_pretrained(model, revision=revision, config=sub_config, dtype=torch_dtype,
                                           attn_implementation="sdpa", output_loading_info=True)
     finally:
         report_log.removeFilter(_drop_load_report)
     wrong = sorted(info.get("missing_keys") or []) + sorted(info.get("mismatched_keys") or [])
     if wrong:  # random weights where the checkpoint has none would be silently wrong features
         raise ValueError(f"{model!r} lacks weights for {cls.__name__}: {wrong[:5]}")
-    return tower.to(device).eval()
+    return tower.to(device).eval(), config, device, torch_dtype
 
 
 @dataclass
@@ -205,11 +210,8 @@ class ClipVision:
              batch_size: int = 64) -> ClipVision:
         from transformers import CLIPVisionModelWithProjection
 
-        device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, device)
-        config = _clip_config(model, revision)
-        tower = _load_tower(CLIPVisionModelWithProjection, model, revision, config.vision_config,
-                            config.projection_dim, device, torch_dtype)
+        tower, config, device, torch_dtype = _load_tower(CLIPVisionModelWithProjection, "vision_config", model,
+                                                         revision, device, dtype)
         # The PIL backend: numerically the preprocessing CLIP was trained with (PIL bicubic resize),
         # and the same on every machine, whether or not torchvision is installed there.
         processor = load_image_processor(model, revision)
@@ -316,11 +318,8 @@ class ClipText:
              batch_size: int = 256) -> ClipText:
         from transformers import AutoTokenizer, CLIPTextModelWithProjection
 
-        device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, device)
-        config = _clip_config(model, revision)
-        tower = _load_tower(CLIPTextModelWithProjection, model, revision, config.text_config,
-                            config.projection_dim, device, torch_dtype)
+        tower, config, device, torch_dtype = _load_tower(CLIPTextModelWithProjection, "text_config", model,
+                                                         revision, device, dtype)
         tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
         max_length = min(tokenizer.model_max_length, config.text_config.max_position_embeddings)
         return cls(tower, tokenizer, int(config.projection_dim), int(config.text_config.hidden_size), max_length,

@@ -11,6 +11,7 @@ here on a few sentences, all saved with `save_pretrained` so that every loader r
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 # Caption-like sentences to learn merges from; any text still tokenizes (byte-level BPE).
@@ -86,21 +87,33 @@ def _train_tokenizer(merge_count: int = 300):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
+def build_once(folder: str | Path, marker: str, write: Callable[[Path], None]) -> str:
+    """`write(folder)` saves a tiny model into `folder` (created if needed), then the `marker` file
+    is written; a folder that already holds it (a complete build) is left as it is. Returns the
+    folder as a string."""
+    folder = Path(folder)
+    if not (folder / marker).exists():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a bar for writing a 1 MB model is noise in the demo
+        folder.mkdir(parents=True, exist_ok=True)
+        write(folder)
+        (folder / marker).write_text("a complete build\n")
+    return str(folder)
+
+
 def build_tiny_clip(folder: str | Path, seed: int = 0) -> str:
     """Build the tiny checkpoint into `folder` (created if needed) and return it as a string; a
     folder that already holds a complete build is returned as it is. `seed` draws the weights
     (another seed: another model, for tests of what a model change does)."""
-    folder = Path(folder)
-    if (folder / _MARKER).exists():
-        return str(folder)
+    return build_once(folder, _MARKER, lambda f: _write_tiny_clip(f, seed))
+
+
+def _write_tiny_clip(folder: Path, seed: int) -> None:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
     from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a bar for writing a 1 MB model is noise in the demo
-
-    folder.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer()
     tower = dict(hidden_size=_WIDTH, intermediate_size=2 * _WIDTH, num_hidden_layers=_LAYERS,
                  num_attention_heads=_HEADS, projection_dim=_PROJECTION)
@@ -117,5 +130,3 @@ def build_tiny_clip(folder: str | Path, seed: int = 0) -> str:
     tokenizer.save_pretrained(folder)
     CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
                           image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD).save_pretrained(folder)
-    (folder / _MARKER).write_text("built by pipeline.models.tiny.build_tiny_clip\n")
-    return str(folder)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.models.tiny import build_once
+
 BOS, EOS, EOT, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|pad|>"
 HEADER_START, HEADER_END = "<|start_header_id|>", "<|end_header_id|>"
 IMAGE, VIDEO = "<image>", "<video>"
@@ -86,45 +88,35 @@ def _generation_config(tokenizer):
                             pad_token_id=tokenizer.pad_token_id)
 
 
-def _quiet():
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # a bar for writing a 100 kB model is noise
-
-
 def build_tiny_lm(folder: str | Path, seed: int = 0) -> str:
     """Build the tiny chat LM into `folder` (created if needed) and return it as a string; a folder
     that already holds a complete build is returned as it is. `seed` draws the weights."""
-    folder = Path(folder)
-    if (folder / _MARKER).exists():
-        return str(folder)
+    return build_once(folder, _MARKER, lambda f: _write_tiny_lm(f, seed))
+
+
+def _write_tiny_lm(folder: Path, seed: int) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    _quiet()
-    folder.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer(media=False)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**_text_config(tokenizer)))
     model.generation_config = _generation_config(tokenizer)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    (folder / _MARKER).write_text("built by pipeline.models.tiny_lm.build_tiny_lm\n")
-    return str(folder)
 
 
 def build_tiny_vlm(folder: str | Path, seed: int = 0) -> str:
     """Build the tiny LLaVA into `folder` (created if needed) and return it as a string; a folder
     that already holds a complete build is returned as it is. `seed` draws the weights."""
-    folder = Path(folder)
-    if (folder / _MARKER).exists():
-        return str(folder)
+    return build_once(folder, _MARKER, lambda f: _write_tiny_vlm(f, seed))
+
+
+def _write_tiny_vlm(folder: Path, seed: int) -> None:
     import torch
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-    _quiet()
-    folder.mkdir(parents=True, exist_ok=True)
     tokenizer = _tokenizer(media=True)
     vision = dict(model_type="clip_vision_model", hidden_size=_WIDTH, intermediate_size=2 * _WIDTH,
                   num_hidden_layers=_LAYERS, num_attention_heads=_HEADS, image_size=_IMAGE_SIZE, patch_size=_PATCH)
@@ -149,5 +141,3 @@ def build_tiny_vlm(folder: str | Path, seed: int = 0) -> str:
                                patch_size=_PATCH, vision_feature_select_strategy="default",
                                num_additional_image_tokens=1, image_token=IMAGE)
     processor.save_pretrained(folder)
-    (folder / _MARKER).write_text("built by pipeline.models.tiny_lm.build_tiny_vlm\n")
-    return str(folder)
