@@ -37,14 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import synth
 from pipeline.decode.sampling import Uniform, Vlm, choose_frames
-from pipeline.runner import RunnerConfig, ensure_ray, run_stage
-from pipeline.stage import StageOutput
+from pipeline.demo import synth
+from pipeline.run.runner import RunnerConfig, ensure_ray, run_stage
 from pipeline.stages import STAGES
 from pipeline.stages.keyframes import KeyframesConfig
 from pipeline.stages.probe import ProbeConfig
-from pipeline.storage import Store
+from pipeline.store.storage import Store
+from pipeline.store.version import Version
 
 WIDTH, HEIGHT, FPS = 640, 360, 25
 BACKENDS = ("decord", "pyav", "ffmpeg")
@@ -137,13 +137,13 @@ def _stage_rate(case: Case, clips: list[Path], backend: str, workers: int, scrat
     annotations = scratch / "captions.csv"
     annotations.write_text("video_id,path,caption\n" + "".join(
         f"{c.stem}-{i},{c.resolve()},clip\n" for i, c in enumerate(clips)))
-    from pipeline.run import DatasetConfig, build_and_write_manifest
+    from pipeline.flow import DatasetConfig, build_and_write_manifest
 
     manifest, _ = build_and_write_manifest(
         store, DatasetConfig(format="generic", annotations=str(annotations), videos=str(clips[0].parent)))
     runner = RunnerConfig(rows_per_shard=4, max_workers=workers, progress=False)
     probe = run_stage(store, STAGES["probe"], ProbeConfig(), manifest.as_inputs(), runner)
-    inputs = {**manifest.as_inputs(), "probe": StageOutput("probe", probe.version)}
+    inputs = {**manifest.as_inputs(), "probe": Version(store, "probe", probe.version)}
     config = KeyframesConfig(sampling=case.sampling, backend=backend, fallback=False)
     result = run_stage(store, STAGES["keyframes"], config, inputs, runner)
     if result.failures or probe.failures:

@@ -30,15 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import synth
 from pipeline.decode.sampling import Uniform
-from pipeline.runner import RunnerConfig, ensure_ray, run_stage
-from pipeline.stage import ModelRunSettings, StageOutput
+from pipeline.demo import synth
+from pipeline.run.runner import RunnerConfig, ensure_ray, run_stage
+from pipeline.run.stage import ModelRunSettings
 from pipeline.stages import STAGES
 from pipeline.stages.frame_features import FrameFeaturesConfig
 from pipeline.stages.keyframes import KeyframesConfig
 from pipeline.stages.probe import ProbeConfig
-from pipeline.storage import Store
+from pipeline.store.storage import Store
+from pipeline.store.version import Version
 
 # The vision geometry of OpenAI's CLIP checkpoints (their config.json), text tower kept small:
 # only the vision tower runs here.
@@ -74,12 +75,12 @@ def build_model(folder: Path, arch: str) -> str:
     return str(folder)
 
 
-def make_keyframes(store: Store, folder: Path, videos: int) -> dict[str, StageOutput]:
+def make_keyframes(store: Store, folder: Path, videos: int) -> dict[str]:
     """Probe and keyframes of generated 10 s 640x360 clips: the frame_features inputs."""
     import pyarrow as pa
 
-    from pipeline.manifest import write_dataset_manifest
-    from pipeline.schema import CAPTIONS, MANIFEST_PROBLEMS, VIDEOS
+    from pipeline.store.dataset_manifest import write_dataset_manifest
+    from pipeline.store.schema import CAPTIONS, MANIFEST_PROBLEMS, VIDEOS
 
     patterns = ["testsrc2", "mandelbrot", "smptebars", "rgbtestsrc"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,10 +95,10 @@ def make_keyframes(store: Store, folder: Path, videos: int) -> dict[str, StageOu
                                     str(folder), {"format": "bench"}).as_inputs()
     runner = RunnerConfig(rows_per_shard=8, progress=False)
     probe = run_stage(store, STAGES["probe"], ProbeConfig(), inputs, runner)
-    inputs["probe"] = StageOutput("probe", probe.version)
+    inputs["probe"] = Version(store, "probe", probe.version)
     keyframes = run_stage(store, STAGES["keyframes"], KeyframesConfig(sampling=Uniform(num_frames=FRAMES)),
                           inputs, runner)
-    inputs["keyframes"] = StageOutput("keyframes", keyframes.version)
+    inputs["keyframes"] = Version(store, "keyframes", keyframes.version)
     return inputs
 
 
@@ -122,19 +123,19 @@ def worker_code(model_dir: str, inputs: dict, store: Store, batch: int, threads:
     keyframes columns, decode and prepare the JPEGs, forward (model loading not timed)."""
     import torch
 
-    from pipeline.runner import attach_upstream
-    from pipeline.stage import InputReader
-    from pipeline.workers import ShardJob, read_upstream_columns, run_step
+    from pipeline.run.runner import attach_upstream
+    from pipeline.run.workers import ShardJob, read_upstream_columns, run_step
 
     torch.set_num_threads(threads)
     stage = STAGES["frame_features"]
     config = FrameFeaturesConfig(model=model_dir, run=ModelRunSettings(batch_size=batch, device="cpu",
                                                                        num_cpus=threads))
-    readers = {name: InputReader(store, inputs[name]) for name in stage.inputs}
+    readers = {name: inputs[name] for name in stage.inputs}
     items, parts = attach_upstream(stage, stage.items(config, readers), readers)
-    job = ShardJob(stage, config, config.run, stage.output_schema(config), store, "bench", {}, parts)
+    job = ShardJob(stage, config, config.run, stage.output_schema(config), Version(store, stage.name, "bench"), {},
+                   readers, parts)
     steps = [(step, step.setup(config)) for step in stage.steps]
-    from pipeline.workers import InFlight
+    from pipeline.run.workers import InFlight
 
     started = time.perf_counter()
     rows = [{k: v for k, v in row.items() if k != "_upstream_failure"} for row in items.to_pylist()]
@@ -157,9 +158,7 @@ def stage_run(model_dir: str, inputs: dict, store: Store, batch: int, threads: i
 
 
 def inputs_ids(store: Store, inputs: dict) -> list[str]:
-    from pipeline.stage import InputReader
-
-    return InputReader(store, inputs["keyframes"]).table(columns=["video_id"]).column("video_id").to_pylist()
+    return inputs["keyframes"].table(columns=["video_id"]).column("video_id").to_pylist()
 
 
 def main() -> None:
@@ -201,9 +200,7 @@ def main() -> None:
 
 
 def store_rows(store: Store, inputs: dict) -> list[list[bytes]]:
-    from pipeline.stage import InputReader
-
-    return InputReader(store, inputs["keyframes"]).table(columns=["frames"]).column("frames").to_pylist()
+    return inputs["keyframes"].table(columns=["frames"]).column("frames").to_pylist()
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the `transformers serve` launcher the
 
 from pipeline.engines.base import GenerationRequest  # noqa: E402
 from pipeline.engines.config import OpenAIEngineConfig, TransformersEngineConfig  # noqa: E402
-from pipeline.prompts import load_prompt  # noqa: E402
-from pipeline.tagging import request_seed  # noqa: E402
+from pipeline.engines.prompts import load_prompt  # noqa: E402
+from pipeline.tags.asking import request_seed  # noqa: E402
 
 SUBJECTS = ["a man", "two children", "a woman", "a dog", "a band", "a chef", "a crowd", "a cyclist"]
 ACTIONS = ["plays guitar on a stage", "cooks pasta in a small kitchen", "rides down a muddy hill",

@@ -3,7 +3,7 @@ while worker processes and the driver are killed and a second driver tries to wr
 
     python bench/soak.py --videos 2000 --broken 0.05
 
-The dataset: `--pool` distinct short clips made with `pipeline.synth` (several codecs and containers),
+The dataset: `--pool` distinct short clips made with `pipeline.demo.synth` (several codecs and containers),
 hard-linked (or copied) into `--videos` files, of which a `--broken` share is broken or damaged (zero
 bytes, cut short, garbage bytes written over the middle, not a video at all), plus `--missing` captions
 whose video file does not exist. A generic-format CSV and a YAML run config point `tvr run` at it.
@@ -53,7 +53,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import yaml
 
-from pipeline import synth
+from pipeline.demo import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("probe", "keyframes")

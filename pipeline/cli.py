@@ -18,8 +18,8 @@ from pipeline.config import ConfigError
 
 def _cmd_manifest(args) -> int:
     from pipeline import config as config_lib
-    from pipeline.run import DatasetConfig, build_and_write_manifest, describe_manifest
-    from pipeline.storage import Store
+    from pipeline.flow import DatasetConfig, build_and_write_manifest, describe_manifest
+    from pipeline.store.storage import Store
 
     options = config_lib.apply_overrides({}, args.set)
     dataset = DatasetConfig(format=args.format, annotations=args.annotations, videos=args.videos,
@@ -33,7 +33,7 @@ def _cmd_manifest(args) -> int:
 
 def _cmd_run(args) -> int:
     from pipeline import config as config_lib
-    from pipeline.run import RunConfig, run_pipeline
+    from pipeline.flow import RunConfig, run_pipeline
 
     overrides = [*args.set, *([f"dataset.manifest={args.manifest}"] if args.manifest else [])]
     cfg = config_lib.load(RunConfig, args.config, overrides)
@@ -42,21 +42,21 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from pipeline.demo import run_demo
-    from pipeline.status import collect, render
-    from pipeline.tag_stats import format_statistics, tag_statistics
+    from pipeline.demo.end_to_end import run_demo
+    from pipeline.flow import output_status, verify_outputs
+    from pipeline.store.status import render
+    from pipeline.tags.stats import format_statistics, tag_statistics
     from pipeline.train.loop import format_metrics
-    from pipeline.verify import verify
 
     _, metrics = run_demo(Path(args.out), workers=args.workers)
     print()
-    print(render(collect(args.out)))
+    print(render(output_status(args.out)))
     print()
     print(format_statistics(*tag_statistics(args.out)))
     print(f"\ntraining (macvr with the demo's tags, {metrics['epoch']} epochs on its features, random models: "
           f"chance-level figures), checkpoint in {args.out}/train/:")
     print(format_metrics(metrics))
-    report = verify(args.out)
+    report = verify_outputs(args.out)
     print(report.render().splitlines()[-1] if report.ok else report.render())
     print(f"\nParquet shards are under {args.out}/ (try: tvr status {args.out})")
     return 0 if report.ok else 1
@@ -91,27 +91,28 @@ def _require_out(out: str) -> None:
 
 
 def _cmd_status(args) -> int:
-    from pipeline.status import collect, render
+    from pipeline.flow import output_status
+    from pipeline.store.status import render
 
     _require_out(args.out)
-    print(render(collect(args.out)))
+    print(render(output_status(args.out)))
     return 0
 
 
 def _cmd_verify(args) -> int:
-    from pipeline.verify import verify
+    from pipeline.flow import verify_outputs
 
     _require_out(args.out)
-    report = verify(args.out, stage=args.stage, repair=args.repair)
+    report = verify_outputs(args.out, stage=args.stage, repair=args.repair)
     if args.repair and report.repaired:
         print(report.render())
-        report = verify(args.out, stage=args.stage)
+        report = verify_outputs(args.out, stage=args.stage)
     print(report.render())
     return 0 if report.ok else 1
 
 
 def _cmd_stats(args) -> int:
-    from pipeline.tag_stats import format_statistics, tag_statistics
+    from pipeline.tags.stats import format_statistics, tag_statistics
 
     _require_out(args.out)
     print(format_statistics(*tag_statistics(args.out, top=args.top)))
@@ -119,7 +120,7 @@ def _cmd_stats(args) -> int:
 
 
 def _cmd_export_tags(args) -> int:
-    from pipeline.tag_export import export_tags
+    from pipeline.tags.export import export_tags
 
     _require_out(args.out)
     summary = export_tags(args.out, args.dest, args.manifest, args.visual_version, args.textual_version)
@@ -131,7 +132,7 @@ def _cmd_export_tags(args) -> int:
 
 
 def _cmd_prompts_list(args) -> int:
-    from pipeline.prompts import PromptError, list_prompts, load_prompt, prompts_folder
+    from pipeline.engines.prompts import PromptError, list_prompts, load_prompt, prompts_folder
 
     folder = prompts_folder(args.folder)
     names = list_prompts(folder)
@@ -153,7 +154,7 @@ def _cmd_prompts_list(args) -> int:
 
 
 def _cmd_prompts_render(args) -> int:
-    from pipeline.prompts import load_prompt, render_with_chat_template
+    from pipeline.engines.prompts import load_prompt, render_with_chat_template
 
     prompt = load_prompt(args.name, args.folder)
     values = {}
@@ -274,10 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from pipeline.datasets import AnnotationError
-    from pipeline.lease import LeaseHeldError, LeaseLostError
-    from pipeline.outputs import DamagedOutputError, InputNotReadyError
-    from pipeline.runner import OutputWriteError
-    from pipeline.storage import StorageError
+    from pipeline.run.runner import OutputWriteError
+    from pipeline.store.lease import LeaseHeldError, LeaseLostError
+    from pipeline.store.storage import StorageError
+    from pipeline.store.version import DamagedOutputError, InputNotReadyError
 
     usage_errors = (ConfigError, AnnotationError, InputNotReadyError, FileNotFoundError)
     state_errors = (DamagedOutputError, LeaseHeldError, LeaseLostError, OutputWriteError, StorageError)

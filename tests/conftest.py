@@ -1,6 +1,6 @@
 """Shared test fixtures.
 
-Videos are generated once per test session with `pipeline.synth` (ffmpeg lavfi sources) into a
+Videos are generated once per test session with `pipeline.demo.synth` (ffmpeg lavfi sources) into a
 temporary folder; each fixture returns the path as a string. They are small (160-320 pixels
 wide, a few seconds) so that the whole set takes a few seconds to make on two cores.
 """
@@ -17,7 +17,7 @@ os.environ["HF_HUB_DISABLE_UPDATE_CHECK"] = "1"
 
 import pytest  # noqa: E402
 
-from pipeline import synth  # noqa: E402
+from pipeline.demo import synth  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -165,7 +165,7 @@ def ray_session():
     """One local Ray instance for the whole test session (starting Ray costs seconds)."""
     import ray
 
-    from pipeline.runner import ensure_ray
+    from pipeline.run.runner import ensure_ray
 
     # Workers unpickle test-defined stages by module name: let them import from tests/.
     here = os.path.dirname(__file__)
@@ -194,8 +194,8 @@ def verify_test_outputs(request):
     yield
     if tmp_path is None:
         return
-    from pipeline.verify import verify
+    from pipeline.flow import verify_outputs
 
     for marker in sorted(tmp_path.glob("**/videos/LATEST")):
-        report = verify(str(marker.parent.parent))
+        report = verify_outputs(str(marker.parent.parent))
         assert report.ok, f"the test's output fails `tvr verify`:\n{report.render()}"

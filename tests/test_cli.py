@@ -14,9 +14,9 @@ import yaml
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.demo import DEMO_CLIPS
+from pipeline.demo.end_to_end import DEMO_CLIPS
+from pipeline.flow import output_status
 from pipeline.stages import STAGES
-from pipeline.status import collect
 
 
 def _tvr(*argv: str) -> tuple[int, str]:
@@ -66,7 +66,7 @@ def test_demo_leaves_readable_parquet_with_every_video_accounted_for(demo_out):
 def test_status_is_accurate(demo_out):
     code, printed = _tvr("status", str(demo_out))
     assert code == 0
-    statuses = {s.stage: s for s in collect(str(demo_out))}
+    statuses = {s.stage: s for s in output_status(str(demo_out))}
     assert set(statuses) == {"manifest", "videos", "captions", *STAGES}
     for stage in ("probe", "keyframes"):
         s = statuses[stage]
@@ -166,8 +166,8 @@ def test_editing_a_prompt_recomputes_only_its_tag_stage(demo_out, tmp_path):
     import yaml
 
     from pipeline.config import to_dict
-    from pipeline.demo import demo_config
-    from pipeline.prompts import DEFAULT_FOLDER
+    from pipeline.demo.end_to_end import demo_config
+    from pipeline.engines.prompts import DEFAULT_FOLDER
 
     prompts = tmp_path / "prompts"
     shutil.copytree(DEFAULT_FOLDER, prompts)

@@ -98,7 +98,7 @@ def test_to_dict_round_trips():
 def test_shipped_job_configs_load():
     from pathlib import Path
 
-    from pipeline.run import RunConfig
+    from pipeline.flow import RunConfig
 
     configs = sorted((Path(__file__).parents[1] / "jobs" / "configs").glob("*.yaml"))
     assert len(configs) >= 3

@@ -20,7 +20,7 @@ from pipeline.datasets import (
     MsvdOptions,
     build_manifest,
 )
-from pipeline.schema import CAPTIONS, MANIFEST_PROBLEMS, VIDEOS
+from pipeline.store.schema import CAPTIONS, MANIFEST_PROBLEMS, VIDEOS
 
 # ---- helpers ---------------------------------------------------------------------------------
 

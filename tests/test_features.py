@@ -16,19 +16,20 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import commit, synth
 from pipeline.decode.sampling import Uniform
-from pipeline.manifest import write_dataset_manifest
+from pipeline.demo import synth
 from pipeline.models.tiny import build_tiny_clip
-from pipeline.runner import RunnerConfig, attach_upstream, run_stage
-from pipeline.schema import CAPTIONS, KEYFRAMES, MANIFEST_PROBLEMS, VIDEOS
-from pipeline.stage import InputReader, ModelRunSettings, Stage, StageOutput, Step
+from pipeline.run.runner import RunnerConfig, attach_upstream, run_stage
+from pipeline.run.stage import ModelRunSettings, Stage, Step
 from pipeline.stages import STAGES
 from pipeline.stages.frame_features import FrameFeaturesConfig
 from pipeline.stages.keyframes import KeyframesConfig
 from pipeline.stages.probe import ProbeConfig
 from pipeline.stages.text_features import TextFeaturesConfig
-from pipeline.storage import Store
+from pipeline.store.dataset_manifest import write_dataset_manifest
+from pipeline.store.schema import CAPTIONS, KEYFRAMES, MANIFEST_PROBLEMS, VIDEOS
+from pipeline.store.storage import Store
+from pipeline.store.version import Version
 
 RUNNER = RunnerConfig(rows_per_shard=2, progress=False)
 FRAMES = 6
@@ -61,10 +62,10 @@ def _manifest(store: Store, clips: Path, captions: list[tuple[str, str, str]] | 
 
 def _keyframes(store: Store, inputs: dict) -> dict:
     probe = run_stage(store, STAGES["probe"], ProbeConfig(), inputs, RUNNER)
-    inputs = {**inputs, "probe": StageOutput("probe", probe.version)}
+    inputs = {**inputs, "probe": Version(store, "probe", probe.version)}
     config = KeyframesConfig(sampling=Uniform(num_frames=FRAMES))
     keyframes = run_stage(store, STAGES["keyframes"], config, inputs, RUNNER)
-    return {**inputs, "keyframes": StageOutput("keyframes", keyframes.version)}
+    return {**inputs, "keyframes": Version(store, "keyframes", keyframes.version)}
 
 
 def _rows(store: Store, stage: str, version: str) -> dict[str, dict]:
@@ -140,7 +141,7 @@ def test_a_corrupt_jpeg_fails_its_video_only(tmp_path, ray_session, tiny_clip, c
     store = Store.open(str(tmp_path / "out"))
     inputs = _manifest(store, clips)
     planted = run_stage(store, PLANTED, ProbeConfig(), inputs, RUNNER)
-    inputs = {**inputs, "keyframes": StageOutput("keyframes", planted.version)}
+    inputs = {**inputs, "keyframes": Version(store, "keyframes", planted.version)}
     config = FrameFeaturesConfig(model=tiny_clip, run=ModelRunSettings(rows_per_shard=3))
     result = run_stage(store, STAGES["frame_features"], config, inputs, RUNNER)
     failures = ds.dataset(store.path("failures", "frame_features", result.version)).to_table().to_pylist()
@@ -153,7 +154,7 @@ def test_the_driver_holds_no_pixels(tmp_path, ray_session, clips):
     store = Store.open(str(tmp_path / "out"))
     inputs = _keyframes(store, _manifest(store, clips))
     stage = STAGES["frame_features"]
-    readers = {name: InputReader(store, inputs[name]) for name in stage.inputs}
+    readers = {name: inputs[name] for name in stage.inputs}
     items, _ = attach_upstream(stage, stage.items(FrameFeaturesConfig(), readers), readers)
     assert not {"frames", "timestamps", "frame_indices"} & set(items.column_names)
     assert all(pa.types.is_integer(items.schema.field(c).type) for c in ("_part.keyframes", "_row.keyframes"))
@@ -173,7 +174,7 @@ def test_run_settings_and_resume_keep_the_version(tmp_path, ray_session, tiny_cl
     assert first.rows == 3
     version, reference = first.version, _rows(store, "frame_features", first.version)
 
-    commit.withdraw(store, "frame_features", version, 0)  # as if shard 0 had never been committed
+    Version(store, "frame_features", version).withdraw(0)  # as if shard 0 had never been committed
     manifest = json.loads(store.read_text("frame_features", version, "_manifest.json"))
     store.write_text(json.dumps({**manifest, "complete": False}), "frame_features", version, "_manifest.json")
     fused = replace(streamed, run=ModelRunSettings(num_gpus=0, batch_size=4, dtype="float32"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.prompts import PromptError, list_prompts, load_prompt, render_with_chat_template
+from pipeline.engines.prompts import PromptError, list_prompts, load_prompt, render_with_chat_template
 
 REPO_PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
 CAPTION = "a man plays guitar"

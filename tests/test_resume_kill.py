@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import yaml
 
-from pipeline import synth
+from pipeline.demo import synth
 
 NUM_CLIPS = 14
 

@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from toy import TOY, TOY_SCHEMA, ToyConfig, read, toy_inputs
 
-from pipeline import commit, outputs
-from pipeline.runner import RunnerConfig, run_stage
-from pipeline.stage import Stage, Step
-from pipeline.storage import Store
-from pipeline.workers import call_isolating_errors
+from pipeline.run.runner import RunnerConfig, run_stage
+from pipeline.run.stage import Stage, Step
+from pipeline.run.workers import call_isolating_errors
+from pipeline.store.storage import Store
+from pipeline.store.version import Version
 
 
 def test_every_item_exactly_once_in_rows_or_failures(tmp_path, ray_session):
@@ -93,9 +93,9 @@ def test_resume_processes_only_uncommitted_shards(tmp_path, ray_session):
     for shard in (2, 3):
         store.delete("toy", version, "_commits", f"part-{shard:05d}.json")
         store.move(f"toy/{version}/part-{shard:05d}.parquet", f"toy/{version}/_staging/dead/part-{shard:05d}.parquet")
-        store.delete(outputs.failures_dir("toy", version), f"part-{shard:05d}.parquet")
+        store.delete(Version(store, "toy", version).failures_path, f"part-{shard:05d}.parquet")
     (tmp_path / "out" / "toy" / version / ".tmp-deadbeef-part-00003.parquet").write_bytes(b"half")
-    outputs.write_manifest(store, {**outputs.read_manifest(store, "toy", version), "complete": False})
+    Version(store, "toy", version).write_manifest({**Version(store, "toy", version).manifest(), "complete": False})
     assert read(store, "toy", version).num_rows == 3  # readers see committed, published parts only
 
     resumed = run_stage(store, TOY, ToyConfig(), manifest, runner)
@@ -105,7 +105,7 @@ def test_resume_processes_only_uncommitted_shards(tmp_path, ray_session):
     assert sorted(rows["video_id"].to_pylist()) == [f"v-{i:03d}" for i in range(10)]
     assert not store.exists("toy", version, "_staging")
     assert not store.remove_temporaries("toy", version)  # leftovers were cleaned
-    assert commit.read_commits(store, "toy", version)[1]["committed"] == record["committed"]
+    assert Version(store, "toy", version).commits()[1]["committed"] == record["committed"]
 
 
 def test_empty_input_still_writes_a_readable_empty_shard(tmp_path, ray_session):

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from toy import TOY, ToyConfig, read, toy_inputs
 
-from pipeline import outputs
-from pipeline.runner import RunnerConfig, attach_upstream, run_stage, stage_version
-from pipeline.stage import InputReader, RunSettings, Stage, StageOutput, Step
+from pipeline.run.runner import RunnerConfig, attach_upstream, run_stage, stage_version
+from pipeline.run.stage import RunSettings, Stage, Step
 from pipeline.stages import STAGES, in_dependency_order
-from pipeline.storage import Store
+from pipeline.store.storage import Store
+from pipeline.store.version import Version
 
 # ---- a stage reading the toy stage's rows ---------------------------------------------------------
 
@@ -68,16 +68,16 @@ READER = Stage(
 )
 
 
-def _toy_then(store: Store, n: int, **kinds) -> dict[str, StageOutput]:
+def _toy_then(store: Store, n: int, **kinds) -> dict[str]:
     inputs = toy_inputs(store, n, **kinds)
     toy = run_stage(store, TOY, ToyConfig(), inputs, RunnerConfig(rows_per_shard=3, progress=False))
-    return {**inputs, "toy": StageOutput("toy", toy.version)}
+    return {**inputs, "toy": Version(store, "toy", toy.version)}
 
 
 def test_driver_items_hold_locations_not_upstream_columns(tmp_path, ray_session):
     store = Store.open(str(tmp_path / "out"))
     inputs = _toy_then(store, 7, bad=(2,))
-    readers = {name: InputReader(store, inputs[name]) for name in READER.inputs}
+    readers = {name: inputs[name] for name in READER.inputs}
     items, parts = attach_upstream(READER, _light_items(None, readers), readers)
     assert "doubled" not in items.column_names  # the workers read it
     assert set(items.column_names) == {"video_id", "_part.toy", "_row.toy", "_upstream_failure"}
@@ -131,7 +131,7 @@ def test_per_stage_rows_per_shard_overrides_the_runner(tmp_path, ray_session):
     store = Store.open(str(tmp_path / "out"))
     result = run_stage(store, TOY, ToyConfig(run=RunSettings(rows_per_shard=2)), toy_inputs(store, 5),
                        RunnerConfig(rows_per_shard=32, progress=False))
-    assert outputs.read_manifest(store, "toy", result.version)["num_shards"] == 3
+    assert Version(store, "toy", result.version).manifest()["num_shards"] == 3
 
 
 def test_a_crashing_shard_is_isolated_with_one_setup_per_shard(tmp_path, ray_session):
@@ -183,8 +183,8 @@ def _transform_for(config):
         return None
 
     def transform(dataset, keep):
-        from pipeline.stage import Failure
-        from pipeline.workers import answered, item_of
+        from pipeline.run.stage import Failure
+        from pipeline.run.workers import answered, item_of
 
         def answer(row):
             item = item_of(row)
@@ -213,7 +213,7 @@ def test_a_last_step_can_be_a_ray_data_transform(tmp_path, ray_session):
     failures = {f["item_id"]: f["reason"] for f in read(store, "failures", "transformed", result.version).to_pylist()}
     assert failures == {"v-002": "upstream_failed", "v-004": "generation_error", "v-006": "upstream_failed",
                         "v-007": "upstream_failed"}
-    assert outputs.read_manifest(store, "transformed", result.version)["num_shards"] == 5
+    assert Version(store, "transformed", result.version).manifest()["num_shards"] == 5
     # Without a transform for this config the same stage runs its workers as usual.
     plain = run_stage(store, TRANSFORMED, ReaderConfig(), inputs, RunnerConfig(rows_per_shard=2, progress=False))
     assert plain.version != result.version and plain.rows == 6

@@ -8,8 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from pipeline import synth
 from pipeline.decode.probe import VideoError, probe_video
+from pipeline.demo import synth
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from test_train import _plant_tags, _write_manifest
 
 from pipeline.cli import main
 from pipeline.config import ConfigError
-from pipeline.tag_export import export_tags
+from pipeline.tags.export import export_tags
 
 
 @pytest.fixture

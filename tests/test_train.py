@@ -22,13 +22,13 @@ import yaml
 from pipeline import config as config_lib
 from pipeline.cli import main
 from pipeline.config import ConfigError
-from pipeline.manifest import write_dataset_manifest
 from pipeline.models.tiny import build_tiny_clip
-from pipeline.outputs import InputNotReadyError
-from pipeline.runner import RunnerConfig, run_stage
-from pipeline.schema import CAPTIONS, MANIFEST_PROBLEMS, TAGS, VIDEOS, frame_features_schema
-from pipeline.stage import Stage, Step
-from pipeline.storage import Store
+from pipeline.run.runner import RunnerConfig, run_stage
+from pipeline.run.stage import Stage, Step
+from pipeline.store.dataset_manifest import write_dataset_manifest
+from pipeline.store.schema import CAPTIONS, MANIFEST_PROBLEMS, TAGS, VIDEOS, frame_features_schema
+from pipeline.store.storage import Store
+from pipeline.store.version import InputNotReadyError
 from pipeline.train.config import ModelConfig, TrainConfig
 from pipeline.train.data import Split, frames_of, load_splits
 from pipeline.train.heads import Lsdo, MacVR, MeanPool, Texts, TMass, Videos, XPool
@@ -452,9 +452,9 @@ def test_stored_text_features_replace_the_frozen_tower_when_they_match(planted, 
     import shutil
 
     from pipeline.models.clip import ClipText
-    from pipeline.outputs import latest
     from pipeline.stages import STAGES
     from pipeline.stages.text_features import TextFeaturesConfig
+    from pipeline.store.version import latest
     from pipeline.train.loop import TextEncoder
 
     out = tmp_path / "out"

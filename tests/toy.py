@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from pipeline.manifest import ManifestOutputs, write_dataset_manifest
-from pipeline.schema import CAPTIONS, MANIFEST_PROBLEMS, VIDEOS
-from pipeline.stage import Failure, RunSettings, Stage, Step
-from pipeline.storage import Store
+from pipeline.run.stage import Failure, RunSettings, Stage, Step
+from pipeline.store.dataset_manifest import ManifestOutputs, write_dataset_manifest
+from pipeline.store.schema import CAPTIONS, MANIFEST_PROBLEMS, VIDEOS
+from pipeline.store.storage import Store
 
 TOY_SCHEMA = pa.schema([("video_id", pa.string()), ("doubled", pa.int64())])
 
@@ -101,7 +101,7 @@ class FailingStore(Store):
     def _maybe_fail(self, *parts: str) -> None:
         import errno
 
-        from pipeline.storage import StorageError
+        from pipeline.store.storage import StorageError
 
         path = self.path(*parts)
         if self.fail_on and self.fail_on in path:

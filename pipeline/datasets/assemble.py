@@ -8,14 +8,14 @@ import pyarrow as pa
 
 from pipeline.datasets.records import Annotations, CaptionRecord, Problem, VideoRecord
 from pipeline.datasets.video_index import VideoIndex
-from pipeline.schema import CAPTIONS, MANIFEST_PROBLEMS, VIDEOS
+from pipeline.store.schema import CAPTIONS, MANIFEST_PROBLEMS, VIDEOS
 
 
 @dataclass
 class Manifest:
-    videos: pa.Table  # schema pipeline.schema.VIDEOS, sorted by video_id
-    captions: pa.Table  # schema pipeline.schema.CAPTIONS, sorted by video_id, then caption order
-    problems: pa.Table  # schema pipeline.schema.MANIFEST_PROBLEMS
+    videos: pa.Table  # schema pipeline.store.schema.VIDEOS, sorted by video_id
+    captions: pa.Table  # schema pipeline.store.schema.CAPTIONS, sorted by video_id, then caption order
+    problems: pa.Table  # schema pipeline.store.schema.MANIFEST_PROBLEMS
 
 
 def assemble(annotations: Annotations, index: VideoIndex) -> Manifest:

@@ -21,6 +21,8 @@ import re
 import stat
 from dataclasses import dataclass
 
+from pipeline.decode.errors import VideoError
+
 # FFmpeg's names of the allowed demuxers (`ffmpeg -demuxers`); ffprobe reports a family by all
 # its names ("mov,mp4,m4a,3gp,3g2,mj2"), and the whitelist matches any one of them.
 ALLOWED_DEMUXERS = (
@@ -218,7 +220,5 @@ def _is_under(real: str, real_root: str) -> bool:
 _ONLY_ALLOWED = f"only self-contained video files are opened ({ALLOWED_FAMILIES})"
 
 
-def _error(reason: str, message: str):
-    from pipeline.decode.probe import VideoError  # probe imports this module
-
+def _error(reason: str, message: str) -> VideoError:
     return VideoError(reason, message)

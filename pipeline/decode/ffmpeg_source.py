@@ -22,6 +22,8 @@ import numpy as np
 
 from pipeline.decode.containment import INPUT_OPTIONS
 from pipeline.decode.decoder_log import damage_message, decoder_errors, join_whole
+from pipeline.decode.errors import DamagedFrames
+from pipeline.decode.frames import Size, distinct_indices, to_gray
 from pipeline.decode.probe import (
     DECODE_TIMEOUT_S,
     StreamFrames,
@@ -31,7 +33,6 @@ from pipeline.decode.probe import (
     require_binary,
     run_limited,
 )
-from pipeline.decode.sources import DamagedFrames, Size, distinct_indices, to_gray
 
 # Opening one more input (probing the file, starting a decoder) costs about as much as decoding
 # this many 640x360 H.264 frames (measured: ~15 ms against ~0.5 ms a frame, one thread). The

@@ -1,6 +1,6 @@
 """What a video file holds, read with ffprobe, and why a file cannot be used.
 
-`probe_video` returns the PROBE row of one file (see `pipeline.schema.PROBE`) or raises
+`probe_video` returns the PROBE row of one file (see `pipeline.store.schema.PROBE`) or raises
 `VideoError` with a short reason code. The frame list comes from the video packets, not the
 container header: the header's frame count is missing in Matroska/WebM and its frame rate is a
 nominal one, while the packets give every frame's presentation time. That list is also what the
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.decode.containment import ALLOWED_FAMILIES, INPUT_OPTIONS, check_video_file
+from pipeline.decode.errors import VideoError
 
 # Default limits (the stages pass `probe.timeout_seconds` and `keyframes.timeout_seconds`).
 # ffprobe reads headers and the packet list, never decodes; one that takes longer is stuck (a
@@ -38,18 +39,6 @@ UNINDEXED_CONTAINERS = frozenset({"mpegts", "mpeg", "mpegvideo", "h264", "hevc",
 
 # Messages demuxers print when the file stops before the data its index or headers promise.
 _TRUNCATION_MESSAGES = ("partial file", "ended prematurely", "truncated")
-
-
-class VideoError(Exception):
-    """A video that cannot be used. `reason` is one of the FAILURES codes (missing, empty,
-    truncated, no_video_stream, unsupported_codec, corrupt, decode_error, outside_root,
-    not_a_file, unreadable, unsupported_container, timeout; see docs/decoding.md); `message` is
-    for people."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 @dataclass

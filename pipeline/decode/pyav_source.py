@@ -32,6 +32,8 @@ import numpy as np
 from pipeline.decode.containment import INPUT_OPTIONS
 from pipeline.decode.decoder_log import damage_message
 from pipeline.decode.decoder_log import one_line as _one_line
+from pipeline.decode.errors import DamagedFrames
+from pipeline.decode.frames import Size, distinct_indices, to_gray
 from pipeline.decode.probe import (
     Packets,
     StreamFrames,
@@ -40,7 +42,6 @@ from pipeline.decode.probe import (
     frames_from_packets,
     read_stream_frames,
 )
-from pipeline.decode.sources import DamagedFrames, Size, distinct_indices, to_gray
 
 # Seeking (an index look-up, flushing the decoder, demuxing to the keyframe) costs about as much
 # as decoding this many frames; a pass goes on to the next wanted frame rather than seeking

@@ -12,27 +12,19 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
-from PIL import Image
 
-from pipeline.decode.probe import UNINDEXED_CONTAINERS, VideoError
+from pipeline.decode.decoder_log import captured_stderr, damage_message, decoder_errors
+from pipeline.decode.errors import DamagedFrames, VideoError
+from pipeline.decode.ffmpeg_source import FfmpegSource
+from pipeline.decode.frames import Size, distinct_indices, resize_frames, scaled_size, to_gray
+from pipeline.decode.probe import UNINDEXED_CONTAINERS, ffmpeg_version
+from pipeline.decode.pyav_source import PyavSource, pyav_version
 
 Backend = Literal["decord", "ffmpeg", "pyav"]
-Size = tuple[int, int]  # (width, height)
 
 # decord decodes a batch into one array; at full size keep batches small enough that a 4K
 # video does not need gigabytes.
 _DECORD_BATCH = 16
-
-
-class DamagedFrames(VideoError):
-    """Requested frames that decoded with errors, in themselves or in the frames they are
-    predicted from since the decoder's starting point. Decoders conceal such errors (smeared
-    blocks look like a frame), so a source that detects them raises this instead of returning
-    them; `indices` are the affected requested frame indices, `message` the decoder's words."""
-
-    def __init__(self, indices: list[int], message: str):
-        super().__init__("damaged_frames", message)
-        self.indices = sorted(set(indices))
 
 
 class FrameSource(Protocol):
@@ -67,12 +59,8 @@ def open_source(path: str, backend: Backend, short_side: int = 0) -> FrameSource
     if backend == "decord":
         return DecordSource(path, short_side)
     if backend == "ffmpeg":
-        from pipeline.decode.ffmpeg_source import FfmpegSource
-
         return FfmpegSource(path)
     if backend == "pyav":
-        from pipeline.decode.pyav_source import PyavSource
-
         return PyavSource(path)
     raise ValueError(f"unknown decoder backend {backend!r}; use 'decord', 'ffmpeg' or 'pyav'")
 
@@ -84,49 +72,8 @@ def backend_version(backend: Backend) -> str:
 
         return decord.__version__
     if backend == "pyav":
-        from pipeline.decode.pyav_source import pyav_version
-
         return pyav_version()
-    from pipeline.decode.probe import ffmpeg_version
-
     return ffmpeg_version()
-
-
-# ---- helpers shared by the backends -------------------------------------------------------------
-
-
-def distinct_indices(indices: list[int], frame_count: int) -> tuple[list[int], np.ndarray]:
-    """Sorted distinct indices to decode once each, and where each requested index is among
-    them (so `decoded[inverse]` answers the request in its order)."""
-    wanted = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if len(wanted) and (wanted.min() < 0 or wanted.max() >= frame_count):
-        raise IndexError(f"frame indices must be in [0, {frame_count}), got {indices}")
-    unique, inverse = np.unique(wanted, return_inverse=True)
-    return unique.tolist(), inverse
-
-
-def scaled_size(width: int, height: int, short_side: int) -> Size | None:
-    """The (width, height) whose shorter side is `short_side`, aspect ratio kept (a quarter
-    turn does not change which side is shorter); None keeps the stored size."""
-    if short_side == 0 or min(width, height) == short_side:
-        return None
-    scale = short_side / min(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def to_gray(frames: np.ndarray) -> np.ndarray:
-    """ITU-R BT.601 luma of RGB frames; both backends use this so their grey frames agree."""
-    luma = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
-
-
-def resize_frames(frames: np.ndarray, size: Size) -> np.ndarray:
-    if frames.shape[2] == size[0] and frames.shape[1] == size[1]:
-        return frames
-    resized = [
-        np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BICUBIC)) for f in frames
-    ]
-    return np.stack(resized) if resized else np.empty((0, size[1], size[0], 3), np.uint8)
 
 
 # ---- when decord can be trusted ------------------------------------------------------------------
@@ -291,8 +238,6 @@ class DecordSource:
         """decord's frames, unless its FFmpeg logged a decoding error while making them: decord
         decodes each batch from the keyframe before its frames, so the error may lie in any of them
         or their references, and the whole batch is reported."""
-        from pipeline.decode.decoder_log import captured_stderr, damage_message, decoder_errors
-
         with captured_stderr() as lines:
             frames = reader.get_batch(indices).asnumpy()
         errors = decoder_errors("\n".join(lines))

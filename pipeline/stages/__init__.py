@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from pipeline.stage import Stage
+from pipeline.run.stage import Stage
 
 # Outputs the manifest provides; every other input must be a stage.
 MANIFEST_OUTPUTS = ("videos", "captions", "manifest")

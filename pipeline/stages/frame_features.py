@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from pipeline.schema import frame_features_schema
-from pipeline.stage import Failure, ModelRunSettings, Stage, Step
+from pipeline.run.stage import Failure, ModelRunSettings, Stage, Step
+from pipeline.store.schema import frame_features_schema
 
 # CLIP ViT-B/32, the paper configs' default; openai/clip-vit-base-patch16 and
 # openai/clip-vit-large-patch14 (MMI) are the other usual choices.

@@ -21,8 +21,8 @@ from pipeline.decode.keyframes import extract_keyframes
 from pipeline.decode.probe import DECODE_TIMEOUT_S, VideoError
 from pipeline.decode.sampling import Sampling, Uniform
 from pipeline.decode.sources import backend_version
-from pipeline.schema import KEYFRAMES
-from pipeline.stage import Failure, RunSettings, Stage, Step
+from pipeline.run.stage import Failure, RunSettings, Stage, Step
+from pipeline.store.schema import KEYFRAMES
 
 
 @dataclass

@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from pipeline.config import bounds
 from pipeline.decode.probe import PROBE_TIMEOUT_S, VideoError, probe_video
-from pipeline.schema import PROBE
-from pipeline.stage import Failure, RunSettings, Stage, Step
+from pipeline.run.stage import Failure, RunSettings, Stage, Step
+from pipeline.store.schema import PROBE
 
 
 @dataclass

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from pipeline.schema import text_features_schema
-from pipeline.stage import ModelRunSettings, Stage, Step
+from pipeline.run.stage import ModelRunSettings, Stage, Step
 from pipeline.stages.frame_features import DEFAULT_CLIP
+from pipeline.store.schema import text_features_schema
 
 
 @dataclass

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipeline.engines.config import EngineConfig, TransformersEngineConfig
-from pipeline.schema import TAGS
-from pipeline.stage import ModelRunSettings, Stage, Step
-from pipeline.tagging import SamplingSettings, asker, fan_out, tag_stage_identity, vllm_transform
+from pipeline.run.stage import ModelRunSettings, Stage, Step
+from pipeline.store.schema import TAGS
+from pipeline.tags.asking import SamplingSettings, asker, fan_out, tag_stage_identity, vllm_transform
 
 DEFAULT_LLM = "meta-llama/Llama-3.1-8B-Instruct"
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipeline.engines.config import EngineConfig, TransformersEngineConfig
-from pipeline.schema import TAGS
-from pipeline.stage import ModelRunSettings, Stage, Step
-from pipeline.tagging import SamplingSettings, asker, fan_out, tag_stage_identity, vllm_transform
+from pipeline.run.stage import ModelRunSettings, Stage, Step
+from pipeline.store.schema import TAGS
+from pipeline.tags.asking import SamplingSettings, asker, fan_out, tag_stage_identity, vllm_transform
 
 DEFAULT_VLM = "llava-hf/LLaVA-NeXT-Video-7B-hf"
 
@@ -39,7 +39,7 @@ def visual_tags_items(config: VisualTagsConfig, inputs) -> pa.Table:
 
 def _decode_setup(config: VisualTagsConfig):
     from pipeline.models.clip import decode_jpeg
-    from pipeline.stage import Failure
+    from pipeline.run.stage import Failure
 
     def decode(item: dict) -> dict | Failure:
         try:

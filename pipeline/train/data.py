@@ -22,13 +22,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from pipeline.outputs import InputNotReadyError, latest, read_manifest
-from pipeline.stage import InputReader, StageOutput
-from pipeline.storage import Store
-from pipeline.tags import first_tags, sample_tags, tag_sentence
+from pipeline.store.storage import Store
+from pipeline.store.version import InputNotReadyError, Version, complete_version, latest
+from pipeline.tags.parse import first_tags, sample_tags, tag_sentence
+from pipeline.tags.stats import merged_tags
 from pipeline.train.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -43,18 +42,14 @@ _HOW = {
 }
 
 
-def _output(store: Store, data: DataConfig, stage: str) -> StageOutput:
+def _output(store: Store, data: DataConfig, stage: str) -> Version:
     """The version of `stage` the config names, else LATEST; a clear error when there is none."""
     version = data.versions.get(stage)
-    if version is None:
-        found = latest(store, stage)
-        if found is None:
-            raise InputNotReadyError(f"no {stage} in {data.out}: {_HOW[stage]}")
-        return found
-    manifest = read_manifest(store, stage, version)
-    if not manifest or not manifest.get("complete"):
-        raise InputNotReadyError(f"no complete {stage} version {version} in {data.out}: {_HOW[stage]}")
-    return StageOutput(stage, version)
+    found = complete_version(store, stage, version)
+    if found is None:
+        named = f"complete {stage} version {version}" if version else stage
+        raise InputNotReadyError(f"no {named} in {data.out}: {_HOW[stage]}")
+    return found
 
 
 def frames_of(features: np.ndarray, num_frames: int) -> np.ndarray:
@@ -68,19 +63,18 @@ class FrameStore:
     """Frame features by video id, read from the committed part files one part at a time, with an
     LRU cache of `cache_parts` parts (float16, as stored)."""
 
-    def __init__(self, store: Store, output: StageOutput, num_frames: int, cache_parts: int):
-        locations, self.paths = InputReader(store, output).locations("video_id")
+    def __init__(self, features: Version, num_frames: int, cache_parts: int):
+        locations, self.paths = features.locations("video_id")
         loc = locations.to_pydict()
         self.where = {v: (p, r) for v, p, r in zip(loc["video_id"], loc["part"], loc["row"])}
-        self.store, self.num_frames, self.cache_parts = store, num_frames, cache_parts
+        self.features, self.num_frames, self.cache_parts = features, num_frames, cache_parts
         self.cache: OrderedDict[int, list[np.ndarray]] = OrderedDict()
 
     def _part(self, part: int) -> list[np.ndarray]:
         if part in self.cache:
             self.cache.move_to_end(part)
             return self.cache[part]
-        column = pq.read_table(self.store.path(self.paths[part]), columns=["features"],
-                               filesystem=self.store.fs).column("features").combine_chunks()
+        column = self.features.read_part(self.paths[part], columns=["features"]).column("features").combine_chunks()
         # list<fixed_size_list<float16, dim>>: flatten twice to one [total_frames, dim] block.
         block = column.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.value_type.list_size)
         ends = np.cumsum(column.value_lengths().to_numpy())
@@ -217,30 +211,28 @@ def load_splits(data: DataConfig) -> tuple[Split, Split, dict]:
     """(train, test, checkpoint): the splits, and the CLIP checkpoint frame_features used
     ({"model", "revision"}), whose text tower the trainer must use so that both sides match, with
     "versions": the version of each stage output read."""
-    from pipeline.tag_stats import merged_tags
-
     store = Store.open(data.out)
     versions: dict[str, str] = {}
 
-    def output(stage: str) -> StageOutput:
+    def output(stage: str) -> Version:
         found = _output(store, data, stage)
         versions[stage] = found.version
         return found
 
     features = output("frame_features")
-    identity = (read_manifest(store, features.stage, features.version) or {}).get("identity", {})
+    identity = (features.manifest() or {}).get("identity", {})
     model = identity.get("config", {}).get("model")
     if not model:
-        raise InputNotReadyError(f"{data.out}/{features.path}/_manifest.json names no model")
+        raise InputNotReadyError(f"{data.out}/{features.manifest_path} names no model")
     checkpoint = {"model": model, "revision": identity["config"].get("revision"), "versions": versions}
-    captions = InputReader(store, output("captions")).table(columns=["caption_id", "video_id", "text", "split"])
+    captions = output("captions").table(columns=["caption_id", "video_id", "text", "split"])
     captions = captions.to_pydict()
     visual = textual = None
     if data.tags:
-        visual = _tag_map(merged_tags(store, "visual_tags", output("visual_tags").version))
-        textual = _tag_map(merged_tags(store, "textual_tags", output("textual_tags").version))
-    frames = FrameStore(store, features, data.num_frames, data.cache_parts)
-    videos = InputReader(store, output("videos")).table(columns=["video_id", "extra"]).to_pydict()
+        visual = _tag_map(merged_tags(output("visual_tags")))
+        textual = _tag_map(merged_tags(output("textual_tags")))
+    frames = FrameStore(features, data.num_frames, data.cache_parts)
+    videos = output("videos").table(columns=["video_id", "extra"]).to_pydict()
     categories = {v: json.loads(e).get("category") for v, e in zip(videos["video_id"], videos["extra"]) if e}
     categories = {v: str(c) for v, c in categories.items() if c is not None}
     train = _split(data.train_split, captions, frames, visual, textual, data, categories)
@@ -264,12 +256,12 @@ def _attach_text_features(store: Store, data: DataConfig, checkpoint: dict, spli
         output = latest(store, "text_features")
         if output is None:
             return None
-    config = (read_manifest(store, output.stage, output.version) or {}).get("identity", {}).get("config", {})
+    config = (output.manifest() or {}).get("identity", {}).get("config", {})
     if (config.get("model"), config.get("revision")) != (checkpoint["model"], checkpoint["revision"]):
         log.warning("text_features %s is from %s, not frame_features' %s: captions are encoded by the tower",
                     output.version, config.get("model"), checkpoint["model"])
         return None
-    table = InputReader(store, output).table(columns=["caption_id", "features"])
+    table = output.table(columns=["caption_id", "features"])
     index = {c: i for i, c in enumerate(table.column("caption_id").to_pylist())}
     column = table.column("features").combine_chunks()
     features = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)

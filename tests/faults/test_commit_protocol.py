@@ -14,12 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from toy import TOY, FailingStore, ToyConfig, read, toy_inputs
 
-from pipeline import commit, outputs
-from pipeline.lease import Lease, LeaseHeldError, LeaseLostError
-from pipeline.outputs import DamagedOutputError
-from pipeline.runner import OutputWriteError, RunnerConfig, run_stage, stage_version
-from pipeline.storage import Store, parquet_bytes
-from pipeline.verify import verify
+from pipeline.flow import verify_outputs
+from pipeline.run.runner import OutputWriteError, RunnerConfig, run_stage, stage_version
+from pipeline.store.lease import LeaseHeldError, LeaseLostError
+from pipeline.store.storage import Store, parquet_bytes
+from pipeline.store.version import DamagedOutputError, Version, latest
 
 RUNNER = RunnerConfig(rows_per_shard=3, progress=False)
 
@@ -34,13 +33,13 @@ def done(tmp_path, ray_session):
 
 
 def _part(store: Store, version: str, shard: int, failures: bool = False) -> str:
-    folder = outputs.failures_dir("toy", version) if failures else f"toy/{version}"
+    folder = Version(store, "toy", version).failures_path if failures else f"toy/{version}"
     return store.path(folder, f"part-{shard:05d}.parquet")
 
 
 def test_verify_passes_on_a_clean_run(done):
     store, _, _ = done
-    report = verify(store.root)
+    report = verify_outputs(store.root)
     assert report.ok, report.render()
     assert report.items == 10 + 10  # the toy items, and the manifest's videos
 
@@ -60,7 +59,7 @@ def test_verify_fails_on_a_damaged_part_and_repair_recomputes_only_it(done, dama
         middle = len(data) // 2
         open(path, "wb").write(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
 
-    report = verify(store.root)
+    report = verify_outputs(store.root)
     assert not report.ok
     assert [f.path for f in report.findings] == [f"toy/{version}/part-00001.parquet"]
 
@@ -68,12 +67,12 @@ def test_verify_fails_on_a_damaged_part_and_repair_recomputes_only_it(done, dama
         with pytest.raises(DamagedOutputError, match="part-00001.parquet"):
             run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
 
-    repaired = verify(store.root, repair=True)
+    repaired = verify_outputs(store.root, repair=True)
     assert any("withdrew shard 1" in line for line in repaired.repaired)
-    assert verify(store.root).ok  # partial now, but consistent
+    assert verify_outputs(store.root).ok  # partial now, but consistent
     rerun = run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
     assert rerun.computed_items == 3 and (rerun.rows, rerun.failures) == (8, 2)
-    assert verify(store.root).ok
+    assert verify_outputs(store.root).ok
     assert sorted(read(store, "toy", version)["video_id"].to_pylist()) == [
         f"v-{i:03d}" for i in range(10) if i not in (2, 7)]
 
@@ -85,11 +84,11 @@ def test_garbage_manifest_is_named_and_repair_rebuilds_it(done):
         handle.write(b"\x00garbage{")
     with pytest.raises(DamagedOutputError, match=f"{manifest} is damaged"):
         run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
-    assert not verify(store.root).ok
-    verify(store.root, repair=True)
+    assert not verify_outputs(store.root).ok
+    verify_outputs(store.root, repair=True)
     rerun = run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
     assert rerun.computed_items == 0 and rerun.items == 10  # every shard was still committed
-    assert verify(store.root).ok
+    assert verify_outputs(store.root).ok
 
 
 def test_stray_and_uncommitted_files_are_found_and_removed(done):
@@ -100,11 +99,11 @@ def test_stray_and_uncommitted_files_are_found_and_removed(done):
     os.makedirs(store.path("toy", version, "_staging", "dead"))
     with open(store.path("toy", version, "_staging", "dead", "part-00001.parquet"), "wb") as handle:
         handle.write(b"half")
-    report = verify(store.root)
+    report = verify_outputs(store.root)
     assert {f.path for f in report.findings} == {f"toy/{version}/part-00099.parquet",
                                                  f"toy/{version}/_staging/dead/part-00001.parquet"}
-    verify(store.root, repair=True)
-    assert verify(store.root).ok and not os.path.exists(stray)
+    verify_outputs(store.root, repair=True)
+    assert verify_outputs(store.root).ok and not os.path.exists(stray)
 
 
 @pytest.mark.leaves_damage
@@ -121,15 +120,15 @@ def test_a_duplicated_item_is_found(done):
     record = json.load(open(record_path))
     record["files"][0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), rows=table.num_rows)
     json.dump(record, open(record_path, "w"))
-    report = verify(store.root)
+    report = verify_outputs(store.root)
     assert [f.problem for f in report.findings] == ["items not exactly once: repeated ['v-000']"]
 
 
 @pytest.mark.leaves_damage
 def test_latest_pointing_at_a_partial_version_is_a_finding(done):
     store, _, version = done
-    outputs.write_manifest(store, {**outputs.read_manifest(store, "toy", version), "complete": False})
-    report = verify(store.root)
+    Version(store, "toy", version).write_manifest({**Version(store, "toy", version).manifest(), "complete": False})
+    report = verify_outputs(store.root)
     assert any(f.path == "toy/LATEST" for f in report.findings)
 
 
@@ -139,17 +138,17 @@ def test_latest_pointing_at_a_partial_version_is_a_finding(done):
 def test_second_driver_stops_naming_the_holder(done):
     store, inputs, _ = done
     other = stage_version(TOY, ToyConfig(factor=9), inputs)
-    with Lease(store, "toy", other, ttl_seconds=30):
+    with Version(store, "toy", other).lease(ttl_seconds=30):
         with pytest.raises(LeaseHeldError, match=f"toy {other} is being written by {socket.gethostname()}:"):
             run_stage(store, TOY, ToyConfig(factor=9), inputs, RUNNER)
-    assert outputs.read_manifest(store, "toy", other) is None  # the second driver wrote nothing
+    assert Version(store, "toy", other).manifest() is None  # the second driver wrote nothing
 
 
 def test_second_driver_waits_for_the_lease(done):
     store, inputs, version = done
-    holder = Lease(store, "toy", version + "x")  # any version: the lease, not the data, is tested
+    holder = Version(store, "toy", version + "x").lease()  # any version: the lease, not the data, is tested
     holder.acquire()
-    waiter = Lease(store, "toy", version + "x", wait_seconds=5)
+    waiter = Version(store, "toy", version + "x").lease(wait_seconds=5)
     threading.Timer(0.5, holder.release).start()
     started = time.monotonic()
     waiter.acquire()
@@ -159,12 +158,12 @@ def test_second_driver_waits_for_the_lease(done):
 
 def test_expired_lease_is_taken_over_and_loser_cannot_commit(done):
     store, inputs, _ = done
-    stale = Lease(store, "toy", "v1", ttl_seconds=1)
+    stale = Version(store, "toy", "v1").lease(ttl_seconds=1)
     stale.acquire()
     stale._stop.set()  # the heartbeat stops, as when a driver is frozen or its host died
     stale._thread.join()
     time.sleep(1.2)
-    fresh = Lease(store, "toy", "v1", ttl_seconds=1)
+    fresh = Version(store, "toy", "v1").lease(ttl_seconds=1)
     fresh.acquire()  # takes over the expired lease
     with pytest.raises(LeaseLostError, match="now held by"):
         stale.ensure_held()
@@ -185,9 +184,9 @@ def test_lease_of_a_dead_local_process_is_taken_over_at_once(done):
 def test_complete_version_is_never_marked_partial_by_a_late_driver(done):
     """A driver that planned before another finished re-reads under the lease and stops there."""
     store, inputs, version = done
-    before = outputs.read_manifest(store, "toy", version)
+    before = Version(store, "toy", version).manifest()
     again = run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
-    assert again.up_to_date and outputs.read_manifest(store, "toy", version) == before
+    assert again.up_to_date and Version(store, "toy", version).manifest() == before
 
 
 # ---- write errors ----------------------------------------------------------------------------
@@ -204,7 +203,7 @@ def test_full_disk_in_a_worker_stops_the_run_naming_the_path(tmp_path, ray_sessi
     assert "shards committed" in message and "lost its worker" not in message
     resumed = run_stage(good, TOY, ToyConfig(), inputs, RUNNER)  # space freed: the rest is computed
     assert resumed.items == 12 and resumed.computed_items < 12
-    assert verify(good.root).ok
+    assert verify_outputs(good.root).ok
 
 
 def test_full_disk_at_commit_stops_the_run(tmp_path, ray_session):
@@ -213,9 +212,9 @@ def test_full_disk_at_commit_stops_the_run(tmp_path, ray_session):
     full = FailingStore(good.fs, good.root, fail_on="_commits/part-00001")
     with pytest.raises(OutputWriteError, match="_commits/part-00001.json: No space left on device"):
         run_stage(full, TOY, ToyConfig(), inputs, RUNNER)
-    assert verify(good.root).ok  # what is there is consistent
+    assert verify_outputs(good.root).ok  # what is there is consistent
     assert run_stage(good, TOY, ToyConfig(), inputs, RUNNER).items == 6
-    assert commit.read_commits(good, "toy", outputs.latest(good, "toy").version).keys() == {0, 1}
+    assert Version(good, "toy", latest(good, "toy").version).commits().keys() == {0, 1}
 
 
 def test_two_drivers_at_once_one_computes_the_other_stops(tmp_path, ray_session):
@@ -234,22 +233,22 @@ def test_two_drivers_at_once_one_computes_the_other_stops(tmp_path, ray_session)
         run_stage(store, TOY, ToyConfig(), inputs, runner)
     driver.join()
     assert first["result"].items == 8 and not first["result"].up_to_date
-    assert verify(store.root).ok
-    assert outputs.read_manifest(store, "toy", version)["complete"]
+    assert verify_outputs(store.root).ok
+    assert Version(store, "toy", version).manifest()["complete"]
 
 
 def test_a_half_written_commit_record_is_not_a_record(done):
     """A driver killed inside the record's write leaves `_commits/.tmp-<hex>-part-N.json`: the
     rerun recomputes that shard, and verify calls the file a stray, not a damaged record."""
     store, inputs, version = done
-    commit.withdraw(store, "toy", version, 3)
-    outputs.write_manifest(store, {**outputs.read_manifest(store, "toy", version), "complete": False})
+    Version(store, "toy", version).withdraw(3)
+    Version(store, "toy", version).write_manifest({**Version(store, "toy", version).manifest(), "complete": False})
     store.delete("toy", "LATEST")  # the version never completed
     temporary = store.path("toy", version, "_commits", ".tmp-26aa5452-part-00003.json")
     open(temporary, "wb").close()
-    report = verify(store.root)
+    report = verify_outputs(store.root)
     assert [(f.path, f.problem) for f in report.findings] == [
         (f"toy/{version}/_commits/.tmp-26aa5452-part-00003.json", "not committed (a stray file)")]
     rerun = run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
     assert rerun.computed_items == 1 and not os.path.exists(temporary)
-    assert verify(store.root).ok
+    assert verify_outputs(store.root).ok

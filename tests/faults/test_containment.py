@@ -22,15 +22,14 @@ import pipeline.decode.containment as containment
 import pipeline.decode.keyframes as keyframes_module
 import pipeline.decode.probe as probe_module
 from pipeline import config as config_lib
-from pipeline import synth
 from pipeline.decode import Uniform, VideoError, extract_keyframes, probe_video
 from pipeline.decode.containment import check_video_file
 from pipeline.decode.probe import input_flags, read_stream_frames
-from pipeline.outputs import latest
-from pipeline.run import DatasetConfig, RunConfig, build_and_write_manifest, run_pipeline
-from pipeline.runner import RunnerConfig
-from pipeline.stage import InputReader
-from pipeline.storage import Store
+from pipeline.demo import synth
+from pipeline.flow import DatasetConfig, RunConfig, build_and_write_manifest, run_pipeline
+from pipeline.run.runner import RunnerConfig
+from pipeline.store.storage import Store
+from pipeline.store.version import latest
 
 # Inside clips are 160x96; the outside clip 96x64, so a frame of it is recognisable by its size.
 INSIDE_SIZE, OUTSIDE_SIZE = (160, 96), (96, 64)
@@ -423,7 +422,7 @@ def _run_config(out: Path, data: Path, manifest: str = "", **overrides) -> RunCo
 
 def _outcomes(out: Path, stage: str) -> tuple[dict[str, dict], dict[str, tuple[str, str]]]:
     store = Store.open(str(out))
-    reader = InputReader(store, latest(store, stage))
+    reader = latest(store, stage)
     rows = {row["video_id"]: row for row in reader.table().to_pylist()}
     failures = {f["item_id"]: (f["reason"], f["message"]) for f in reader.failures().to_pylist()}
     return rows, failures

@@ -8,7 +8,7 @@ import pytest
 from pipeline import cli, config
 from pipeline.config import ConfigError
 from pipeline.decode.sampling import Fps, Uniform, Vlm
-from pipeline.run import RunConfig
+from pipeline.flow import RunConfig
 
 YAML = """\
 out: {out}

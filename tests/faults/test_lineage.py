@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import outputs, synth
 from pipeline.cli import main
-from pipeline.outputs import DamagedOutputError, InputNotReadyError
-from pipeline.run import DatasetConfig, RunConfig, run_pipeline
-from pipeline.runner import RunnerConfig
-from pipeline.status import collect, render
-from pipeline.storage import Store
-from pipeline.verify import verify
+from pipeline.demo import synth
+from pipeline.flow import DatasetConfig, RunConfig, output_status, run_pipeline, verify_outputs
+from pipeline.run.runner import RunnerConfig
+from pipeline.store.status import render
+from pipeline.store.storage import Store
+from pipeline.store.version import DamagedOutputError, InputNotReadyError, latest
 
 CLIPS = ("a", "b", "c")
 
@@ -78,10 +77,10 @@ def test_moving_the_dataset_folder_changes_no_version(tmp_path, clip_pool, ray_s
     again = run_pipeline(_config(out, moved), stages=DECODING, report=_quiet)
     assert _versions(again) == _versions(first)
     assert all(r.up_to_date for r in again)
-    videos = outputs.latest(Store.open(str(out)), "videos")
+    videos = latest(Store.open(str(out)), "videos")
     for table in ("videos", "captions", "manifest"):  # the problems name no absolute path either
         assert len([p for p in (out / table).iterdir() if p.is_dir()]) == 1, table
-    assert outputs.read_manifest(Store.open(str(out)), "videos", videos.version)["root"] == str(moved / "videos")
+    assert videos.manifest()["root"] == str(moved / "videos")
 
 
 def test_a_video_turning_up_leaves_caption_versions_alone(tmp_path, clip_pool, ray_session):
@@ -121,7 +120,7 @@ def test_rerunning_an_old_config_does_not_move_latest(tmp_path, clip_pool, ray_s
     rerun = run_pipeline(_config(out, data), stages=DECODING, report=_quiet)
     assert rerun[-1].up_to_date and rerun[-1].version == old
     assert (out / "keyframes" / "LATEST").read_text().strip() == new  # the newest complete one still
-    table = render(collect(str(out)))
+    table = render(output_status(str(out)))
     assert "sampling.strategy=vlm" in table and "sampling.strategy=uniform" in table  # what tells them apart
 
 
@@ -136,8 +135,8 @@ def test_a_truncated_upstream_part_is_named_not_turned_into_failures(tmp_path, c
     with pytest.raises(DamagedOutputError, match=f"{part}: committed part has"):
         run_pipeline(_config(out, data), stages=["keyframes"], report=_quiet)
     assert not (out / "keyframes").exists()  # no upstream_failed rows were made of the lost rows
-    assert "DAMAGED" in render(collect(str(out)))  # status reports it instead of crashing
-    assert not verify(str(out)).ok
+    assert "DAMAGED" in render(output_status(str(out)))  # status reports it instead of crashing
+    assert not verify_outputs(str(out)).ok
 
 
 def test_cli_errors_are_one_line_with_exit_codes(tmp_path, clip_pool, ray_session, capsys):

@@ -15,8 +15,13 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipeline.config import bounds
+from pipeline.engines import engine_identity, load_engine
 from pipeline.engines.base import GenerationRequest, GenerationResult
-from pipeline.stage import Failure
+from pipeline.engines.config import VllmEngineConfig
+from pipeline.engines.prompts import load_prompt
+from pipeline.run.stage import Failure
+from pipeline.run.workers import answered, item_of
+from pipeline.tags.parse import parse_tags
 
 # MAC-VR Sec. 4.2: tags extracted at four temperatures.
 PAPER_TEMPERATURES = [0.7, 0.8, 0.9, 1.0]
@@ -63,9 +68,8 @@ def fan_out(items: pa.Table, item_key: str, temperatures: list[float]) -> pa.Tab
 
 def result_row(item: dict, result: GenerationResult, *, model: str, revision: str | None, prompt_name: str,
                prompt_sha256: str, seed: int) -> dict | Failure:
-    """`seed` is the request's own (`request_seed`)."""
-    """The row for one request, or a Failure when the engine could not answer it."""
-    from pipeline.tags import parse_tags
+    """The row for one request, or a Failure when the engine could not answer it. `seed` is the
+    request's own (`request_seed`)."""
 
     if result.error is not None or result.finish_reason == "error":
         return Failure("generation_error", result.error or "the engine returned no text")
@@ -101,9 +105,6 @@ def asker(config, words: Callable[..., dict]):
     """The batch function of a tag stage's model step: loads the prompt and the engine once (per
     worker), then per batch asks the engine and turns each result into a row or a Failure.
     `config` is the stage's (engine, prompt, prompts_folder, sampling, run)."""
-    from pipeline.engines import load_engine
-    from pipeline.prompts import load_prompt
-
     prompt = load_prompt(config.prompt, config.prompts_folder)
     engine = load_engine(config.engine, device=config.run.device, dtype=config.run.dtype)
 
@@ -118,15 +119,11 @@ def vllm_transform(config, words: Callable[..., dict], *, chat: bool, multimodal
     """For a tag stage whose engine is vLLM: the step as a Ray Data transform through Ray Data
     LLM's vLLM processor (`Step.dataset`), which runs its own GPU engines; None for other engines,
     which run in the step's workers."""
-    from pipeline.engines.config import VllmEngineConfig
-
     if not isinstance(config.engine, VllmEngineConfig):
         return None
 
     def transform(dataset, keep: tuple[str, ...]):
         from pipeline.engines.vllm_engine import RESULT_COLUMNS, VllmEngine
-        from pipeline.prompts import load_prompt
-        from pipeline.workers import answered, item_of
 
         prompt = load_prompt(config.prompt, config.prompts_folder)
         processor = VllmEngine.processor(
@@ -144,7 +141,4 @@ def vllm_transform(config, words: Callable[..., dict], *, chat: bool, multimodal
 
 def tag_stage_identity(config) -> dict:
     """What a tag stage's version takes beyond its config: the prompt's sha256 and the engine's model."""
-    from pipeline.engines import engine_identity
-    from pipeline.prompts import load_prompt
-
     return {"prompt_sha256": load_prompt(config.prompt, config.prompts_folder).sha256, **engine_identity(config.engine)}

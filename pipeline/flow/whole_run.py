@@ -13,12 +13,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from pipeline import config as config_lib
-from pipeline.manifest import ManifestOutputs, read_dataset_manifest, relative_paths, write_dataset_manifest
-from pipeline.runner import RunnerConfig, StageResult, run_stage, stage_version
-from pipeline.stage import StageOutput
+from pipeline.datasets import FORMATS, build_manifest
+from pipeline.run.runner import RunnerConfig, StageResult, run_stage, stage_version
 from pipeline.stages import STAGES
-from pipeline.storage import Store
+from pipeline.store import status as status_lib
+from pipeline.store import verify as verify_lib
+from pipeline.store.dataset_manifest import (
+    TABLES,
+    ManifestOutputs,
+    read_dataset_manifest,
+    relative_paths,
+    write_dataset_manifest,
+)
+from pipeline.store.storage import Store
+from pipeline.store.version import Version
 
 
 @dataclass
@@ -46,8 +57,6 @@ RunConfig.__module__ = __name__  # pickled by name (Ray); make_dataclass's own a
 
 def build_and_write_manifest(store: Store, dataset: DatasetConfig) -> tuple[ManifestOutputs, Any]:
     """Read the annotations, find the videos, write the manifest versions; returns them and the tables."""
-    from pipeline.datasets import FORMATS, build_manifest
-
     if dataset.format not in FORMATS:
         raise config_lib.ConfigError(
             f"config value dataset.format={dataset.format!r} is not one of: {', '.join(FORMATS)}"
@@ -77,7 +86,7 @@ def run_pipeline(cfg, stages: list[str] | None = None, report=print) -> list[Sta
     else:
         manifest_outputs, manifest = build_and_write_manifest(store, cfg.dataset)
         report(describe_manifest(manifest_outputs, manifest))
-    done: dict[str, StageOutput] = manifest_outputs.as_inputs()
+    done: dict[str, Version] = manifest_outputs.as_inputs()
     results = []
     needed = _with_inputs(stages) if stages else set(STAGES)
     for name, stage in STAGES.items():
@@ -86,11 +95,11 @@ def run_pipeline(cfg, stages: list[str] | None = None, report=print) -> list[Sta
         inputs = {input_name: done[input_name] for input_name in stage.inputs}
         stage_config = getattr(cfg, name)
         if stages and name not in stages:
-            done[name] = StageOutput(name, stage_version(stage, stage_config, inputs))
+            done[name] = Version(store, name, stage_version(stage, stage_config, inputs))
             continue
         result = run_stage(store, stage, stage_config, inputs, cfg.runner)
         report(result.summary())
-        done[name] = StageOutput(name, result.version)
+        done[name] = Version(store, name, result.version)
         results.append(result)
     return results
 
@@ -116,3 +125,24 @@ def describe_manifest(outputs: ManifestOutputs, manifest, shown: int = 20) -> st
     if problems.num_rows > shown:
         lines.append(f"  ... and {problems.num_rows - shown} more in {outputs.manifest.path}/")
     return "\n".join(lines)
+
+
+# ---- reading a run's outputs back -----------------------------------------------------------------
+
+
+def output_schemas() -> dict[str, pa.Schema | None]:
+    """Every output this package writes, with its declared schema (None: it follows from the
+    stage's config), for `tvr verify`."""
+    schemas: dict[str, pa.Schema | None] = {name: schema for name, (schema, _) in TABLES.items()}
+    schemas.update({name: None if callable(stage.schema) else stage.schema for name, stage in STAGES.items()})
+    return schemas
+
+
+def verify_outputs(out: str, stage: str | None = None, repair: bool = False) -> verify_lib.Report:
+    """`tvr verify`: every output in `out` checked against its commit records and declared schema."""
+    return verify_lib.verify(out, stage=stage, repair=repair, schemas=output_schemas())
+
+
+def output_status(out: str) -> list[status_lib.VersionStatus]:
+    """`tvr status`: every version in `out`, the manifest's outputs first, then stage order."""
+    return status_lib.collect(out, order=["manifest", "videos", "captions", *STAGES])

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ConfigError
-from pipeline.manifest import manifest_record
-from pipeline.outputs import InputNotReadyError, latest
-from pipeline.stage import InputReader, StageOutput
-from pipeline.storage import Store
-from pipeline.tag_stats import merged_tags
+from pipeline.store.dataset_manifest import manifest_record
+from pipeline.store.storage import Store
+from pipeline.store.version import InputNotReadyError, Version, complete_version
+from pipeline.tags.stats import merged_tags
 
 PARAGRAPH_FORMATS = ("didemo", "activitynet")
 MSRVTT_FILES = {"train": "anns/training_9k.csv", "test": "anns/testing.csv"}
@@ -42,12 +41,11 @@ class ExportSummary:
 
 
 def _tags(store: Store, stage: str, version: str | None) -> dict[str, list[str]]:
-    if version is None:
-        found = latest(store, stage)
-        if found is None:
-            raise InputNotReadyError(f"no {stage} in {store.root}: run `tvr run CONFIG --stages {stage}` first")
-        version = found.version
-    table = merged_tags(store, stage, version).select(["item_id", "tags"]).to_pydict()
+    found = complete_version(store, stage, version)
+    if found is None:
+        named = f"complete {stage} version {version}" if version else stage
+        raise InputNotReadyError(f"no {named} in {store.root}: run `tvr run CONFIG --stages {stage}` first")
+    table = merged_tags(found).select(["item_id", "tags"]).to_pydict()
     return dict(zip(table["item_id"], table["tags"]))
 
 
@@ -69,7 +67,7 @@ def export_tags(out: str, dest: str | Path, manifest: str = "latest", visual_ver
                           f"msrvtt, didemo and activitynet only")
     visual = _tags(store, "visual_tags", visual_version)
     textual = _tags(store, "textual_tags", textual_version)
-    captions = InputReader(store, StageOutput("captions", record["captions"])).table(
+    captions = Version(store, "captions", record["captions"]).table(
         columns=["caption_id", "video_id", "text", "split"]).to_pylist()
     dest = Path(dest)
     if dataset == "msrvtt":

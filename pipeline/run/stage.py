@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal
 import pyarrow as pa
 
 from pipeline.config import bounds
+from pipeline.store.version import Version
 
 
 @dataclass(frozen=True)
@@ -80,22 +81,6 @@ class Step:
 
 
 @dataclass(frozen=True)
-class StageOutput:
-    """A committed, complete version of a stage, as later stages and `tvr status` see it."""
-
-    stage: str
-    version: str
-    # For the manifest's `videos`: the folder the stored relative paths are relative to. Not part
-    # of any version, so a dataset moved elsewhere keeps its versions.
-    root: str | None = field(default=None, compare=False)
-
-    @property
-    def path(self) -> str:
-        """The folder, relative to the output root, holding the version's Parquet files."""
-        return f"{self.stage}/{self.version}"
-
-
-@dataclass(frozen=True)
 class Stage:
     name: str
     description: str
@@ -103,8 +88,8 @@ class Stage:
     inputs: tuple[str, ...]  # outputs that decide this stage's rows ("videos", "probe", ...)
     config_type: type  # a dataclass whose `run: RunSettings` field the version leaves out
     schema: pa.Schema | Callable[[Any], pa.Schema]  # or built from the config (a model's dimension)
-    # Builds the light item table (ids, paths, small metadata; never pixels) from the inputs.
-    items: Callable[[Any, dict[str, "InputReader"]], pa.Table]
+    # Builds the light item table (ids, paths, small metadata; never pixels) from the input versions.
+    items: Callable[[Any, dict[str, Version]], pa.Table]
     steps: tuple[Step, ...]
     # Inputs every item needs a row of (matched on `key`), with the columns of that row the
     # workers read from the committed part files themselves (the driver holds only where each row
@@ -127,75 +112,3 @@ class Stage:
 def run_settings(config: Any) -> RunSettings:
     """A stage config's run settings (the class defaults for a config without any)."""
     return getattr(config, "run", None) or RunSettings()
-
-
-class InputReader:
-    """Reads the committed parts of an upstream version, and nothing else that may lie beside them."""
-
-    def __init__(self, store, output: StageOutput):
-        self.store = store
-        self.output = output
-
-    def table(self, columns: list[str] | None = None) -> pa.Table:
-        return self._read(failures=False, columns=columns)
-
-    def failures(self, columns: list[str] | None = None) -> pa.Table:
-        return self._read(failures=True, columns=columns)
-
-    def video_table(self, columns: list[str] | None = None) -> pa.Table:
-        """The manifest's videos for workers: `path` made absolute under this run's video root, the
-        stored `relative_path` beside it, and `video_root` itself (workers refuse files whose real
-        path leaves it)."""
-        table = self.table(columns)
-        if "path" not in table.column_names:
-            return table
-        if self.output.root is None:
-            raise ValueError(f"{self.output.path} is read without a video root")
-        root = self.output.root.rstrip("/")
-        relative = table.column("path")
-        absolute = pa.array([None if p is None else f"{root}/{p}" for p in relative.to_pylist()], pa.string())
-        table = table.set_column(table.column_names.index("path"), "path", absolute)
-        return (table.append_column("relative_path", relative)
-                .append_column("video_root", pa.array([root] * table.num_rows, pa.string())))
-
-    def key(self) -> str:
-        """The column that identifies this input's rows (its stage's key)."""
-        from pipeline.outputs import read_manifest
-
-        manifest = read_manifest(self.store, self.output.stage, self.output.version)
-        if manifest is None or "key" not in manifest:
-            raise ValueError(f"{self.output.path} records no key column")
-        return manifest["key"]
-
-    def locations(self, key: str) -> tuple[pa.Table, list[str]]:
-        """Where each row lies: a table of `key`, part (an index into the returned list of
-        store-relative part paths) and row within the part. Reads only the key column."""
-        import pyarrow.parquet as pq
-
-        from pipeline.commit import committed_paths, read_commits
-
-        paths = committed_paths(read_commits(self.store, self.output.stage, self.output.version))
-        tables = []
-        for part, path in enumerate(paths):
-            keys = pq.read_table(self.store.path(path), columns=[key], filesystem=self.store.fs).column(key)
-            n = len(keys)
-            tables.append(pa.table({key: keys, "part": pa.array([part] * n, pa.int32()),
-                                    "row": pa.array(range(n), pa.int32())}))
-        if not tables:
-            return pa.table({key: pa.array([], pa.string()), "part": pa.array([], pa.int32()),
-                             "row": pa.array([], pa.int32())}), paths
-        return pa.concat_tables(tables), paths
-
-    def _read(self, failures: bool, columns: list[str] | None) -> pa.Table:
-        import pyarrow.dataset as ds
-
-        from pipeline.commit import committed_paths, read_commits
-        from pipeline.schema import FAILURES
-
-        records = read_commits(self.store, self.output.stage, self.output.version)
-        paths = [self.store.path(p) for p in committed_paths(records, failures=failures)]
-        if not paths:
-            if failures:
-                return FAILURES.empty_table().select(columns or FAILURES.names)
-            raise ValueError(f"{self.output.path} has no committed parts")
-        return ds.dataset(paths, filesystem=self.store.fs, format="parquet").to_table(columns=columns)

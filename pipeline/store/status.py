@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from pipeline import outputs
-from pipeline.commit import read_commits
-from pipeline.storage import Store
+from pipeline.store.storage import Store
+from pipeline.store.version import DamagedOutputError, Version, latest_pointer, stage_folders, versions
 
 
 @dataclass
@@ -36,33 +32,26 @@ class VersionStatus:
     identity: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def _count_rows(store: Store, path: str) -> int | None:
+def _version_status(version: Version, latest: str | None) -> VersionStatus | None:
+    stage, name, is_latest = version.stage, version.version, version.version == latest
     try:
-        return pq.read_metadata(store.path(path), filesystem=store.fs).num_rows
-    except (OSError, pa.ArrowException):
-        return None
-
-
-def _version_status(store: Store, stage: str, version: str, latest: str | None) -> VersionStatus | None:
-    try:
-        manifest = outputs.read_manifest(store, stage, version)
-    except outputs.DamagedOutputError:
-        return VersionStatus(stage, version, version == latest, False, 0, 0, 0, 0, 0, "?",
-                             damaged=["damaged _manifest.json"])
+        manifest = version.manifest()
+    except DamagedOutputError:
+        return VersionStatus(stage, name, is_latest, False, 0, 0, 0, 0, 0, "?", damaged=["damaged _manifest.json"])
     if manifest is None:
         return None
-    status = VersionStatus(stage, version, version == latest, bool(manifest.get("complete")), 0,
+    status = VersionStatus(stage, name, is_latest, bool(manifest.get("complete")), 0,
                            manifest["num_shards"], manifest["num_items"], 0, 0, manifest.get("created", "?"),
                            identity=manifest.get("identity", {}))
     try:
-        records = read_commits(store, stage, version)
-    except outputs.DamagedOutputError:
+        records = version.commits()
+    except DamagedOutputError:
         status.damaged.append("damaged commit record")
         return status
     status.shards_committed = len(records)
     for record in records.values():
         for index, file in enumerate(record["files"]):
-            rows = _count_rows(store, file["final"]) if store.size(file["final"]) == file["bytes"] else None
+            rows = version.part_rows(file["final"]) if version.store.size(file["final"]) == file["bytes"] else None
             if rows is None:
                 status.damaged.append(f"shard {record['shard']}")
                 break
@@ -73,21 +62,18 @@ def _version_status(store: Store, stage: str, version: str, latest: str | None) 
     return status
 
 
-def collect(out: str) -> list[VersionStatus]:
-    from pipeline.stages import STAGES
-
+def collect(out: str, order: Sequence[str] = ()) -> list[VersionStatus]:
+    """Every version in `out`, stage by stage: those named in `order` first, in that order (the
+    caller's stage order), then any other stage folder by name."""
     store = Store.open(out)
-    order = ["manifest", "videos", "captions", *STAGES]
-    stages = [s for s in store.list_dirs() if s != "failures" and not s.startswith(("_", "."))]
+    order = list(order)
     found = []
-    for stage in sorted(stages, key=lambda s: (order.index(s) if s in order else len(order), s)):
-        latest = store.read_text(stage, outputs.LATEST_FILE).strip() if store.exists(stage, outputs.LATEST_FILE) \
-            else None
-        versions = [_version_status(store, stage, v, latest) for v in store.list_dirs(stage)
-                    if not v.startswith(("_", "."))]
-        versions = [v for v in versions if v is not None]
-        _describe_differences(versions)
-        found.extend(versions)
+    for stage in sorted(stage_folders(store), key=lambda s: (order.index(s) if s in order else len(order), s)):
+        latest = latest_pointer(store, stage)
+        statuses = [_version_status(v, latest) for v in versions(store, stage)]
+        statuses = [s for s in statuses if s is not None]
+        _describe_differences(statuses)
+        found.extend(statuses)
     return found
 
 

@@ -1,6 +1,6 @@
 """One writer per version: a lease file with an owner and a heartbeat.
 
-The driver that computes a version holds `OUT/<stage>/<version>/_lease.json`. A second driver
+The driver that computes a version holds its lease file (`Version.lease()`, which names the file). A second driver
 on the same version waits for it (up to `runner.lease_wait_seconds`) or stops with a message
 naming the holder. A holder that dies stops renewing its heartbeat; once the lease is older than
 `runner.lease_seconds` another driver takes it over (at once, when the holder ran on the same
@@ -20,8 +20,7 @@ import time
 import uuid
 from typing import Any
 
-from pipeline.outputs import LEASE_FILE
-from pipeline.storage import StorageError, Store
+from pipeline.store.storage import StorageError, Store
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +34,12 @@ class LeaseLostError(RuntimeError):
 
 
 class Lease:
-    def __init__(self, store: Store, stage: str, version: str, ttl_seconds: float = 60.0,
-                 wait_seconds: float = 0.0):
+    """A lease file at `path` (store-relative) guarding `what` (for messages)."""
+
+    def __init__(self, store: Store, path: str, what: str, ttl_seconds: float = 60.0, wait_seconds: float = 0.0):
         self.store = store
-        self.parts = (stage, version, LEASE_FILE)
-        self.what = f"{stage} {version}"
+        self.path = path
+        self.what = what
         self.ttl = ttl_seconds
         self.wait = wait_seconds
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -60,7 +60,7 @@ class Lease:
     def acquire(self) -> None:
         deadline = time.monotonic() + self.wait
         while True:
-            if self.store.create_exclusive(self._record(), *self.parts):
+            if self.store.create_exclusive(self._record(), self.path):
                 break
             holder = self.holder()
             if holder is None:
@@ -86,7 +86,7 @@ class Lease:
         holder = self.holder()
         if holder is not None and holder.get("owner") == self.owner:
             try:
-                self.store.delete(*self.parts)
+                self.store.delete(self.path)
             except StorageError as exc:  # an expired lease is harmless; the next driver takes it over
                 log.warning("could not remove the lease of %s: %s", self.what, exc)
 
@@ -102,7 +102,7 @@ class Lease:
 
     def holder(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.store.read_bytes(*self.parts))
+            return json.loads(self.store.read_bytes(self.path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
@@ -124,9 +124,10 @@ class Lease:
                     "taking it over", self.what, holder.get("owner"), age)
         # A rename is atomic where it matters (local disks): of two drivers taking over at once,
         # one moves the expired lease aside and the other finds it gone and retries creating.
-        stale = f"{self.parts[0]}/{self.parts[1]}/.tmp-expired-{uuid.uuid4().hex[:8]}-{LEASE_FILE}"
+        folder, _, name = self.path.rpartition("/")
+        stale = f"{folder}/.tmp-expired-{uuid.uuid4().hex[:8]}-{name}"
         try:
-            self.store.move("/".join(self.parts), stale)
+            self.store.move(self.path, stale)
         except (StorageError, FileNotFoundError, OSError):
             return
         self.store.delete(stale)
@@ -138,7 +139,7 @@ class Lease:
                 self.lost = True
                 return
             try:
-                self.store.write_bytes(self._record(), *self.parts)
+                self.store.write_bytes(self._record(), self.path)
             except StorageError as exc:
                 log.warning("could not renew the lease of %s: %s", self.what, exc)
 

@@ -21,20 +21,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.commit import check_committed, commit_shard, stage_shard, write_plan
-from pipeline.lease import Lease
-from pipeline.outputs import (
-    InputNotReadyError,
-    latest,
-    mark_latest,
-    now,
-    provenance_metadata,
-    read_manifest,
-    write_manifest,
-)
-from pipeline.schema import CAPTIONS, FAILURES, MANIFEST_PROBLEMS, SCHEMA_VERSION, VIDEOS
-from pipeline.stage import StageOutput
-from pipeline.storage import Store
+from pipeline.store.schema import CAPTIONS, FAILURES, MANIFEST_PROBLEMS, SCHEMA_VERSION, VIDEOS
+from pipeline.store.storage import Store
+from pipeline.store.version import InputNotReadyError, Version, latest, now, provenance_metadata, versions
 
 # name -> (schema, item key or None when rows are not items)
 TABLES = {"videos": (VIDEOS, "video_id"), "captions": (CAPTIONS, "caption_id"), "manifest": (MANIFEST_PROBLEMS, None)}
@@ -42,11 +31,11 @@ TABLES = {"videos": (VIDEOS, "video_id"), "captions": (CAPTIONS, "caption_id"), 
 
 @dataclass(frozen=True)
 class ManifestOutputs:
-    manifest: StageOutput  # the problems, and which videos and captions versions belong together
-    videos: StageOutput  # with `root`, the video folder of this run
-    captions: StageOutput
+    manifest: Version  # the problems, and which videos and captions versions belong together
+    videos: Version  # with `root`, the video folder of this run
+    captions: Version
 
-    def as_inputs(self) -> dict[str, StageOutput]:
+    def as_inputs(self) -> dict[str, Version]:
         return {"videos": self.videos, "captions": self.captions}
 
 
@@ -66,7 +55,7 @@ def write_dataset_manifest(store: Store, videos: pa.Table, captions: pa.Table, p
     caption_output = _write_table(store, "captions", captions, {})
     links = {"videos": video_output.version, "captions": caption_output.version}
     manifest_output = _write_table(store, "manifest", problems, {**links, "source": source}, identity_extra=links)
-    return ManifestOutputs(manifest_output, StageOutput("videos", video_output.version, root=root), caption_output)
+    return ManifestOutputs(manifest_output, video_output.with_root(root), caption_output)
 
 
 def manifest_record(store: Store, version: str) -> tuple[str, dict]:
@@ -77,9 +66,9 @@ def manifest_record(store: Store, version: str) -> tuple[str, dict]:
         if found is None:
             raise InputNotReadyError(f"{store.root} has no complete manifest; run `tvr manifest` first")
         version = found.version
-    record = read_manifest(store, "manifest", version)
+    record = Version(store, "manifest", version).manifest()
     if record is None or not record.get("complete"):
-        known = ", ".join(store.list_dirs("manifest")) or "none"
+        known = ", ".join(v.version for v in versions(store, "manifest")) or "none"
         raise InputNotReadyError(f"{store.root} has no complete manifest {version} (manifests there: {known})")
     return version, record
 
@@ -87,45 +76,44 @@ def manifest_record(store: Store, version: str) -> tuple[str, dict]:
 def read_dataset_manifest(store: Store, version: str, video_root: str | None = None) -> ManifestOutputs:
     """An existing manifest (a version, or "latest"); the video root defaults to the recorded one."""
     version, record = manifest_record(store, version)
-    videos = read_manifest(store, "videos", record["videos"]) or {}
+    videos = Version(store, "videos", record["videos"]).manifest() or {}
     root = os.path.abspath(video_root) if video_root else videos.get("root")
     if not root or not os.path.isdir(root):
         raise InputNotReadyError(
             f"manifest {version}: its video folder {root} does not exist; set dataset.videos to where "
             f"the videos are now")
-    return ManifestOutputs(StageOutput("manifest", version), StageOutput("videos", record["videos"], root=root),
-                           StageOutput("captions", record["captions"]))
+    return ManifestOutputs(Version(store, "manifest", version), Version(store, "videos", record["videos"], root=root),
+                           Version(store, "captions", record["captions"]))
 
 
 def _write_table(store: Store, stage: str, table: pa.Table, record_extra: dict[str, Any],
-                 identity_extra: dict[str, Any] | None = None) -> StageOutput:
+                 identity_extra: dict[str, Any] | None = None) -> Version:
     schema, key = TABLES[stage]
     table = table.cast(schema)
     identity = {"stage": stage, "schema_version": SCHEMA_VERSION, "content_sha256": _table_sha256(table),
                 **(identity_extra or {})}
     version = identity["content_sha256"][:12]
-    output = StageOutput(stage, version)
-    with Lease(store, stage, version, wait_seconds=120):  # a twin driver writes the same bytes: wait
-        manifest = read_manifest(store, stage, version)
+    output = Version(store, stage, version)
+    with output.lease(wait_seconds=120):  # a twin driver writes the same bytes: wait
+        manifest = output.manifest()
         if manifest is not None and manifest.get("complete"):
-            check_committed(store, output, manifest)
+            output.check_committed(manifest)
             if any(manifest.get(k) != v for k, v in record_extra.items()):  # provenance only: where it was seen
-                write_manifest(store, {**manifest, **record_extra})
-            mark_latest(store, stage, version)
+                output.write_manifest({**manifest, **record_extra})
+            output.mark_latest()
             return output
         manifest = {"stage": stage, "version": version, "identity": identity, "key": key, "created": now(),
                     "num_items": table.num_rows, "rows_per_shard": max(1, table.num_rows), "num_shards": 1,
                     "complete": False, **record_extra}
         if key is not None:
-            write_plan(store, stage, version, table.column(key).combine_chunks(), manifest["rows_per_shard"],
-                       manifest)
-        write_manifest(store, manifest)
+            output.write_plan(table.column(key).combine_chunks(), manifest["rows_per_shard"], manifest)
+        output.write_manifest(manifest)
         metadata = provenance_metadata({**identity, "version": version}, {})
-        files = stage_shard(store, stage, version, 0, table, FAILURES.empty_table(), metadata)
-        commit_shard(store, stage, version, 0, files)
-        write_manifest(store, {**manifest, "complete": True, "finished": now(), "rows": table.num_rows,
+        files = output.stage_shard(0, table, FAILURES.empty_table(), metadata)
+        output.commit_shard(0, files)
+        output.write_manifest({**manifest, "complete": True, "finished": now(), "rows": table.num_rows,
                                "failures": 0})
-    mark_latest(store, stage, version)
+    output.mark_latest()
     return output
 
 

@@ -4,14 +4,14 @@ How a stage runs:
 1. Its version is the hash of everything that decides its rows (`stage_identity`). A complete
    version is never recomputed (its parts are checked cheaply first); a new identity is a new
    folder and the old one stays.
-2. The driver takes the version's lease (`pipeline.lease`): one writer per version.
+2. The driver takes the version's lease (`Version.lease`): one writer per version.
 3. Its items (sorted by id) are cut into fixed shards of `rows_per_shard`; the plan is recorded
    in `_manifest.json` and `_plan.parquet` on the first attempt and reused by every resume.
-4. Ray Data streams the pending shards through the stage's steps (`pipeline.workers`): workers
-   read the upstream columns they need, run the steps in batches, and the last step's worker
-   stages the shard's rows and failures (`pipeline.commit`); the driver commits each shard with a
-   small record. A shard staged but not committed (driver killed in between) is simply
-   recomputed, so every item ends up exactly once in rows or failures.
+4. Ray Data streams the pending shards through the stage's steps (`pipeline.run.workers`):
+   workers read the upstream columns they need, run the steps in batches, and the last step's
+   worker stages the shard's rows and failures (`Version.stage_shard`); the driver commits each
+   shard with a small record (`Version.commit_shard`). A shard staged but not committed (driver
+   killed in between) is simply recomputed, so every item ends up exactly once in rows or failures.
 
 The version hashes the stage config without its run settings (`RunSettings`: workers, GPUs,
 batch and shard sizes, device, dtype), which are recorded in the provenance instead.
@@ -31,22 +31,8 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from pipeline import config as config_lib
-from pipeline.commit import check_committed, commit_shard, read_commits, recover, write_plan
-from pipeline.lease import Lease
-from pipeline.outputs import (
-    STAGING_DIR,
-    InputNotReadyError,
-    content_hash,
-    mark_latest,
-    now,
-    provenance_metadata,
-    read_manifest,
-    write_manifest,
-)
-from pipeline.schema import SCHEMA_VERSION
-from pipeline.stage import InputReader, Stage, StageOutput, run_settings
-from pipeline.storage import StorageError, Store
-from pipeline.workers import (
+from pipeline.run.stage import Stage, run_settings
+from pipeline.run.workers import (
     PART,
     ROW,
     UPSTREAM_FAILURE,
@@ -54,6 +40,17 @@ from pipeline.workers import (
     build_dataset,
     isolate,
     streams,
+)
+from pipeline.store.lease import Lease
+from pipeline.store.schema import SCHEMA_VERSION
+from pipeline.store.storage import StorageError, Store
+from pipeline.store.version import (
+    InputNotReadyError,
+    Version,
+    content_hash,
+    latest_pointer,
+    now,
+    provenance_metadata,
 )
 
 log = logging.getLogger(__name__)
@@ -124,7 +121,7 @@ def ensure_ray(address: str | None = None) -> None:
     logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
 
 
-def stage_identity(stage: Stage, config: Any, inputs: dict[str, StageOutput]) -> dict[str, Any]:
+def stage_identity(stage: Stage, config: Any, inputs: dict[str, Version]) -> dict[str, Any]:
     missing = [name for name in stage.inputs if name not in inputs]
     if missing:
         raise ValueError(f"stage {stage.name} needs the output of {', '.join(missing)}")
@@ -145,52 +142,51 @@ def _decisive_config(config: Any) -> dict[str, Any]:
     return data
 
 
-def stage_version(stage: Stage, config: Any, inputs: dict[str, StageOutput]) -> str:
+def stage_version(stage: Stage, config: Any, inputs: dict[str, Version]) -> str:
     return content_hash(stage_identity(stage, config, inputs))
 
 
 def run_stage(
-    store: Store, stage: Stage, config: Any, inputs: dict[str, StageOutput], runner: RunnerConfig
+    store: Store, stage: Stage, config: Any, inputs: dict[str, Version], runner: RunnerConfig
 ) -> StageResult:
     identity = stage_identity(stage, config, inputs)
     version = content_hash(identity)
-    output = StageOutput(stage.name, version)
-    manifest = read_manifest(store, stage.name, version)
+    output = Version(store, stage.name, version)
+    manifest = output.manifest()
     if manifest is not None and manifest.get("complete"):
-        return _up_to_date(store, output, manifest)
+        return _up_to_date(output, manifest)
+    upstream = {name: inputs[name] for name in stage.inputs}
     for name in stage.inputs:
-        _check_input(store, stage, inputs[name])
+        _check_input(stage, upstream[name])
 
-    with Lease(store, stage.name, version, runner.lease_seconds, runner.lease_wait_seconds) as lease:
-        manifest = read_manifest(store, stage.name, version)  # another driver may have finished it
+    with output.lease(runner.lease_seconds, runner.lease_wait_seconds) as lease:
+        manifest = output.manifest()  # another driver may have finished it
         if manifest is not None and manifest.get("complete"):
-            return _up_to_date(store, output, manifest)
-        readers = {name: InputReader(store, inputs[name]) for name in stage.inputs}
+            return _up_to_date(output, manifest)
         settings = run_settings(config)
-        items = stage.items(config, readers)
+        items = stage.items(config, upstream)
         _check_unique(items, stage)
-        items, parts = attach_upstream(stage, items, readers)
+        items, parts = attach_upstream(stage, items, upstream)
         items = items.sort_by(stage.key)
         if manifest is None:
             manifest = _plan(stage, version, identity, items.num_rows, settings.rows_per_shard or runner.rows_per_shard)
-            write_plan(store, stage.name, version, items.column(stage.key).combine_chunks(),
-                       manifest["rows_per_shard"], manifest)
-            write_manifest(store, manifest)
+            output.write_plan(items.column(stage.key).combine_chunks(), manifest["rows_per_shard"], manifest)
+            output.write_manifest(manifest)
         elif manifest["num_items"] != items.num_rows:
             raise RuntimeError(
                 f"{stage.name} {version}: the recorded plan has {manifest['num_items']} items but the "
                 f"inputs now give {items.num_rows}; the upstream output changed under the same version"
             )
-        recover(store, stage.name, version)
-        committed = read_commits(store, stage.name, version)
+        output.recover()
+        committed = output.commits()
         size = manifest["rows_per_shard"]  # the plan's, whatever the run settings say now
         pending = [s for s in range(manifest["num_shards"]) if s not in committed]
         if committed:
             log.warning("%s %s: resuming, %d of %d shards already committed", stage.name, version,
                         len(committed), manifest["num_shards"])
         provenance = {**stage.provenance(config), "run": json.dumps(config_lib.to_dict(settings), sort_keys=True)}
-        job = ShardJob(stage, config, settings, stage.output_schema(config), store, version,
-                       provenance_metadata({**identity, "version": version}, provenance), parts)
+        job = ShardJob(stage, config, settings, stage.output_schema(config), output,
+                       provenance_metadata({**identity, "version": version}, provenance), upstream, parts)
         shards = [(s, _to_ipc(items.slice(s * size, size))) for s in pending]
         ensure_ray(runner.address)  # before the clock starts: Ray's start-up is per run, not per item
         started = time.perf_counter()
@@ -198,36 +194,35 @@ def run_stage(
         seconds = time.perf_counter() - started
 
         lease.ensure_held()
-        store.delete(stage.name, version, STAGING_DIR)  # empty attempt folders of committed shards
+        output.clear_staging()  # empty attempt folders of committed shards
         manifest["complete"] = True
         manifest["finished"] = now()
         manifest["rows"] = sum(r["rows"] for r in committed.values())
         manifest["failures"] = sum(r["failures"] for r in committed.values())
-        write_manifest(store, manifest)
-    mark_latest(store, stage.name, version)
+        output.write_manifest(manifest)
+    output.mark_latest()
     return _result(manifest, computed_items=computed, seconds=seconds, up_to_date=False)
 
 
 def _compute_and_commit(job: ShardJob, shards: list[tuple[int, bytes]], runner: RunnerConfig, lease: Lease,
                         manifest: dict, committed: dict[int, dict]) -> int:
     """Run the pending shards on Ray and commit each as it finishes; returns the items computed."""
-    store, name, version = job.store, job.stage.name, job.version
+    output = job.output
     computed = 0
     total = manifest["num_items"] - sum(r["items"] for r in committed.values())
-    with tqdm(total=total, unit="item", desc=name, disable=not runner.progress) as bar:
+    with tqdm(total=total, unit="item", desc=output.stage, disable=not runner.progress) as bar:
         summaries = _execute(job, shards, runner, manifest["rows_per_shard"])
         for summary in summaries:
             error = summary["write_error"]
             if not error:
                 lease.ensure_held()
                 try:
-                    record = commit_shard(store, name, version, summary["shard"], json.loads(summary["files"]),
-                                          summary["seconds"])
+                    record = output.commit_shard(summary["shard"], json.loads(summary["files"]), summary["seconds"])
                 except StorageError as exc:
                     error = str(exc)
             if error:
                 summaries.close()  # stop Ray Data first, so no worker stages more parts after the cleanup
-                raise _stopped(store, StageOutput(name, version), manifest, committed, error)
+                raise _stopped(output, manifest, committed, error)
             committed[summary["shard"]] = record
             computed += record["items"]
             bar.update(record["items"])
@@ -235,26 +230,26 @@ def _compute_and_commit(job: ShardJob, shards: list[tuple[int, bytes]], runner: 
     return computed
 
 
-def _up_to_date(store: Store, output: StageOutput, manifest: dict) -> StageResult:
-    check_committed(store, output, manifest)  # a deleted or truncated part is not "up to date"
-    if not store.exists(output.stage, "LATEST"):
-        mark_latest(store, output.stage, output.version)
+def _up_to_date(output: Version, manifest: dict) -> StageResult:
+    output.check_committed(manifest)  # a deleted or truncated part is not "up to date"
+    if latest_pointer(output.store, output.stage) is None:
+        output.mark_latest()
     return _result(manifest, computed_items=0, seconds=0.0, up_to_date=True)
 
 
-def _check_input(store: Store, stage: Stage, output: StageOutput) -> None:
-    manifest = read_manifest(store, output.stage, output.version)
+def _check_input(stage: Stage, upstream: Version) -> None:
+    manifest = upstream.manifest()
     if manifest is None or not manifest.get("complete"):
         state = "has no folder" if manifest is None else "is not complete"
         raise InputNotReadyError(
-            f"stage {stage.name} reads {output.stage} {output.version} (the version this config gives), "
-            f"which {state} in {store.root}; run {output.stage} first or add it to --stages")
-    check_committed(store, output, manifest)
+            f"stage {stage.name} reads {upstream.stage} {upstream.version} (the version this config gives), "
+            f"which {state} in {upstream.store.root}; run {upstream.stage} first or add it to --stages")
+    upstream.check_committed(manifest)
 
 
-def _stopped(store: Store, output: StageOutput, manifest: dict, committed: dict, error: str) -> OutputWriteError:
+def _stopped(output: Version, manifest: dict, committed: dict, error: str) -> OutputWriteError:
     try:  # staged parts of uncommitted shards only take space now; a rerun recomputes them anyway
-        store.delete(output.stage, output.version, STAGING_DIR)
+        output.clear_staging()
     except StorageError:
         pass
     return OutputWriteError(
@@ -305,7 +300,7 @@ def _check_unique(items: pa.Table, stage: Stage) -> None:
 # ---- upstream rows and failures ------------------------------------------------------------------
 
 
-def attach_upstream(stage: Stage, items: pa.Table, readers: dict[str, InputReader]) -> tuple[pa.Table, dict]:
+def attach_upstream(stage: Stage, items: pa.Table, readers: dict[str, Version]) -> tuple[pa.Table, dict]:
     """Add to the item table, for each input the stage reads, where each item's upstream row lies
     (part and row), and why an item has none (`upstream_failed`, with the upstream reason). Items
     meet upstream rows on the upstream stage's key (a tag request `v1@t0.7` has a `video_id`

@@ -14,18 +14,18 @@ import csv
 import shutil
 from pathlib import Path
 
-from pipeline import synth
+from pipeline.demo import synth
 from pipeline.engines.config import TransformersEngineConfig
+from pipeline.flow import DatasetConfig, RunConfig, run_pipeline
 from pipeline.models.tiny import build_tiny_clip
 from pipeline.models.tiny_lm import build_tiny_lm, build_tiny_vlm
-from pipeline.run import DatasetConfig, RunConfig, run_pipeline
-from pipeline.runner import RunnerConfig
-from pipeline.stage import ModelRunSettings
+from pipeline.run.runner import RunnerConfig
+from pipeline.run.stage import ModelRunSettings
 from pipeline.stages.frame_features import FrameFeaturesConfig
 from pipeline.stages.text_features import TextFeaturesConfig
 from pipeline.stages.textual_tags import TextualTagsConfig
 from pipeline.stages.visual_tags import VisualTagsConfig
-from pipeline.tagging import SamplingSettings
+from pipeline.tags.asking import SamplingSettings
 from pipeline.train.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
 from pipeline.train.loop import run_training
 

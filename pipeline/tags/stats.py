@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline.outputs import LATEST_FILE, read_manifest
-from pipeline.stage import InputReader, StageOutput
-from pipeline.storage import Store
+from pipeline.store.storage import Store
+from pipeline.store.version import Version, latest_pointer
+from pipeline.tags.parse import merge_votes
 
 # Tag stage -> (what an item is, the manifest table that gives its split, that table's key).
 TAG_STAGES = {
@@ -23,12 +23,10 @@ TAG_STAGES = {
 }
 
 
-def merged_tags(store: Store, stage: str, version: str) -> pa.Table:
-    """item_id, video_id, tags (ranked by votes), votes (how many temperatures gave each tag)."""
-    from pipeline.tags import merge_votes
-
-    rows = InputReader(store, StageOutput(stage, version)).table(
-        columns=["item_id", "video_id", "temperature", "tags"]).to_pylist()
+def merged_tags(tags: Version) -> pa.Table:
+    """item_id, video_id, tags (ranked by votes), votes (how many temperatures gave each tag), from
+    a version of a tag stage."""
+    rows = tags.table(columns=["item_id", "video_id", "temperature", "tags"]).to_pylist()
     rows.sort(key=lambda r: (r["item_id"], r["temperature"]))
     merged: dict[str, tuple[str, list[list[str]]]] = {}
     for row in rows:
@@ -58,14 +56,13 @@ def tag_statistics(out: str, top: int = 10) -> tuple[list[SplitStats], dict[str,
     store = Store.open(out)
     stats, frequent = [], {}
     for stage, (_, table, key) in TAG_STAGES.items():
-        if not store.exists(stage, LATEST_FILE):
+        pointed = latest_pointer(store, stage)
+        if pointed is None:
             continue
-        version = store.read_text(stage, LATEST_FILE).strip()
-        manifest = read_manifest(store, stage, version)
-        source = manifest["identity"]["inputs"][table]
-        splits = dict(zip(*InputReader(store, StageOutput(table, source)).table(columns=[key, "split"])
-                          .to_pydict().values()))
-        merged = merged_tags(store, stage, version).to_pylist()
+        version = Version(store, stage, pointed)
+        source = version.manifest()["identity"]["inputs"][table]
+        splits = dict(zip(*Version(store, table, source).table(columns=[key, "split"]).to_pydict().values()))
+        merged = merged_tags(version).to_pylist()
         modality = stage.split("_")[0]
         by_split: dict[str, list[list[str]]] = {}
         for row in merged:

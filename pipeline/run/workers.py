@@ -21,10 +21,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.commit import stage_shard
-from pipeline.schema import FAILURES
-from pipeline.stage import BatchFn, Failure, RunSettings, Stage, Step
-from pipeline.storage import StorageError, Store
+from pipeline.run.stage import BatchFn, Failure, RunSettings, Stage, Step
+from pipeline.store.schema import FAILURES
+from pipeline.store.storage import StorageError
+from pipeline.store.version import Version
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,10 @@ class ShardJob:
     config: Any
     settings: RunSettings
     schema: pa.Schema
-    store: Store
-    version: str
+    output: Version  # the version being written
     metadata: dict[str, str]  # provenance for every Parquet file
-    parts: dict[str, list[str]]  # per input the stage reads: store-relative paths of its row parts
+    inputs: dict[str, Version]  # the input versions, by input name
+    parts: dict[str, list[str]]  # per input the stage reads: its row parts (`Version.locations`)
 
 
 @dataclass
@@ -82,15 +82,12 @@ def start_shard(job: ShardJob, shard: int, payload: bytes) -> InFlight:
 
 def read_upstream_columns(job: ShardJob, items: list[dict]) -> None:
     """Fill in, for each input the stage reads, the wanted columns of each item's upstream row."""
-    import pyarrow.parquet as pq
-
     for name, columns in job.stage.reads.items():
         by_part: dict[int, list[dict]] = {}
         for item in items:
             by_part.setdefault(item.pop(PART + name), []).append(item)
         for part, members in by_part.items():
-            path = job.store.path(job.parts[name][part])
-            table = pq.read_table(path, columns=list(columns), filesystem=job.store.fs)
+            table = job.inputs[name].read_part(job.parts[name][part], columns=list(columns))
             rows = table.take(pa.array([item.pop(ROW + name) for item in members], pa.int64())).to_pylist()
             for item, row in zip(members, rows):
                 item.update(row)
@@ -141,9 +138,8 @@ def write_shard(job: ShardJob, flight: InFlight) -> dict:
     isolates it item by item: hours of decoding repeated against a full disk.
     """
     try:
-        files = stage_shard(job.store, job.stage.name, job.version, flight.shard,
-                            pa.Table.from_pylist(flight.items, schema=job.schema),
-                            pa.Table.from_pylist(flight.failures, schema=FAILURES), job.metadata)
+        files = job.output.stage_shard(flight.shard, pa.Table.from_pylist(flight.items, schema=job.schema),
+                                       pa.Table.from_pylist(flight.failures, schema=FAILURES), job.metadata)
     except StorageError as exc:
         return {"shard": flight.shard, "files": "[]", "seconds": flight.seconds, "write_error": str(exc)}
     return {"shard": flight.shard, "files": json.dumps(files), "seconds": flight.seconds, "write_error": None}
