@@ -46,7 +46,7 @@ from pipeline.config import ConfigError
 
 SUFFIX = ".j2"
 # The repository's prompts/: beside the `pipeline` package in a checkout or an editable install.
-DEFAULT_FOLDER = Path(__file__).resolve().parent.parent / "prompts"
+DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "prompts"  # the checkout's prompts/ (pipeline/engines/..)
 
 # The raw Vicuna-style layout ("SYSTEM USER: ... ASSISTANT:") that as_messages splits.
 _USER, _ASSISTANT = "USER:", "ASSISTANT:"
