@@ -180,6 +180,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0, help="clip lengths times this (smoke tests)")
     parser.add_argument("--cases", nargs="+", default=[c.name for c in CASES], choices=[c.name for c in CASES])
+    parser.add_argument("--gops", nargs="+", type=float, default=[2.0, 10.0], help="GOP lengths in seconds")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up (smoke tests; figures are off)")
     parser.add_argument("--data", default="bench/_data", help="where the generated clips are kept")
     args = parser.parse_args()
     ensure_ray()
@@ -193,10 +195,10 @@ def main() -> None:
             seconds = case.seconds * args.scale
             print(f"{case.name}: {case.frames} {case.sampling.strategy} frames of {seconds:g} s clips\n")
             rows = {}
-            for gop in (2.0, 10.0):
+            for gop in args.gops:
                 folder = Path(args.data) / f"{seconds:g}s-gop{gop:g}s"
                 items = make_clips(folder, args.clips, seconds, gop) * args.repeat
-                for name in MEASURES[1:]:  # warm-up: imports, Ray workers, page cache
+                for name in [] if args.no_warmup else MEASURES[1:]:  # warm-up: imports, Ray workers, page cache
                     _measure(case, name, items[: args.workers * 2], args.workers, Path(scratch))
                 rates = {name: [] for name in MEASURES}
                 for _ in range(args.rounds):

@@ -160,6 +160,42 @@ def unknown_codec_mkv(video_dir) -> str:
     return str(synth.make_unknown_codec(video_dir / "unknown_codec.mkv"))
 
 
+# ---- tiny models, built once for the whole session -----------------------------------------------
+# Random weights saved with `save_pretrained` and loaded back through the real loading code. Tests
+# only read these folders; a test that needs another model builds its own.
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    from pipeline.models.tiny import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> str:
+    from pipeline.models.tiny_lm import build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("models") / "tiny-lm")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory) -> str:
+    from pipeline.models.tiny_lm import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("models") / "tiny-vlm")
+
+
+@pytest.fixture(scope="session")
+def lm_server(tiny_lm, tmp_path_factory):
+    """A real `transformers serve` of the tiny LM, started once (seconds on 2 cores) for the
+    engine's and the tag stages' tests: (model folder, base URL)."""
+    from serving import transformers_serve
+
+    with transformers_serve(tiny_lm, tmp_path_factory.mktemp("serve-lm") / "serve.log") as url:
+        yield tiny_lm, url
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance for the whole test session (starting Ray costs seconds)."""

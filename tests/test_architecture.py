@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+LAYERS = "Layers: from the command line down to config"
+STORE = "Store: verify and status over the version folder over storage"
+CYCLES = "No import cycles inside any package"
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
@@ -45,13 +48,13 @@ def test_the_package_keeps_its_contracts(tree):
 
 @pytest.mark.parametrize("module, line, broken", [
     # storage knowing of the runner: a lower layer importing a higher one
-    ("pipeline/store/storage.py", "import pipeline.run.runner  # noqa", "Layers: from the command line down to config"),
+    ("pipeline/store/storage.py", "import pipeline.run.runner  # noqa", LAYERS),
     # decode and engines are side by side and know nothing of each other
-    ("pipeline/decode/probe.py", "import pipeline.engines.base  # noqa", "Layers: from the command line down to config"),
+    ("pipeline/decode/probe.py", "import pipeline.engines.base  # noqa", LAYERS),
     # the version folder reaching up to verify, inside the store
-    ("pipeline/store/version.py", "import pipeline.store.verify  # noqa", "Store: verify and status over the version folder over storage"),
+    ("pipeline/store/version.py", "import pipeline.store.verify  # noqa", STORE),
     # the cycle this layout removed: containment and probe importing each other
-    ("pipeline/decode/containment.py", "import pipeline.decode.probe  # noqa", "No import cycles inside any package"),
+    ("pipeline/decode/containment.py", "import pipeline.decode.probe  # noqa", CYCLES),
 ])
 def test_a_planted_import_breaks_a_contract(tree, module, line, broken):
     _plant(tree, module, line)

@@ -18,8 +18,8 @@ from pipeline.models.tiny import build_tiny_clip
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+def tiny(tiny_clip) -> str:
+    return tiny_clip
 
 
 @pytest.fixture(scope="module")

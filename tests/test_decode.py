@@ -6,6 +6,7 @@ frames for the same indices, on long GOPs with B-frames, variable frame rates, M
 VP9 WebM, and agree on timestamps.
 """
 
+import functools
 import io
 import subprocess
 
@@ -30,8 +31,10 @@ from pipeline.decode.probe import read_stream_frames
 BACKENDS = ["decord", "ffmpeg"]
 
 
+@functools.cache
 def all_frames(path: str, *, autorotate: bool = False) -> np.ndarray:
-    """Every frame of the file, decoded front to back by the ffmpeg command line."""
+    """Every frame of the file, decoded front to back by the ffmpeg command line. Decoded once
+    per session and file (the session's clips are made once and never change); read-only."""
     meta = probe_video(path)
     width, height = meta.width, meta.height
     if autorotate and meta.rotation in (90, 270):
@@ -41,7 +44,7 @@ def all_frames(path: str, *, autorotate: bool = False) -> np.ndarray:
     command += ["-i", path, "-map", "0:v:0", "-vsync", "passthrough", "-f", "rawvideo",
                 "-pix_fmt", "rgb24", "pipe:"]  # fmt: skip
     raw = subprocess.run(command, capture_output=True, check=True).stdout
-    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)  # bytes: a read-only array
 
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:

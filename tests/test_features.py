@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,11 +37,6 @@ FRAMES = 6
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory) -> str:
-    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
-
-
-@pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("videos")
     for i, seconds in enumerate((2, 3, 0.2)):  # the last has 5 frames: fewer than asked for
@@ -68,6 +64,24 @@ def _keyframes(store: Store, inputs: dict) -> dict:
     return {**inputs, "keyframes": Version(store, "keyframes", keyframes.version)}
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, ray_session, tiny_clip, clips) -> Path:
+    """The three clips' manifest, probe, keyframes and frame_features with the tiny CLIP (default
+    run settings), run once for the module; tests copy it."""
+    folder = tmp_path_factory.mktemp("prepared") / "out"
+    store = Store.open(str(folder))
+    inputs = _keyframes(store, _manifest(store, clips))
+    run_stage(store, STAGES["frame_features"], FrameFeaturesConfig(model=tiny_clip), inputs, RUNNER)
+    return folder
+
+
+def _copy_of(prepared: Path, tmp_path: Path, clips: Path) -> tuple[Store, dict]:
+    """A test's own copy of the prepared output, and its inputs (found up to date: nothing reruns)."""
+    shutil.copytree(prepared, tmp_path / "out")
+    store = Store.open(str(tmp_path / "out"))
+    return store, _keyframes(store, _manifest(store, clips))
+
+
 def _rows(store: Store, stage: str, version: str) -> dict[str, dict]:
     table = ds.dataset(store.path(stage, version), format="parquet").to_table().to_pylist()
     return {row.get("video_id") if stage != "text_features" else row["caption_id"]: row for row in table}
@@ -86,11 +100,10 @@ def _direct_image_features(model: str, jpegs: list[bytes]) -> np.ndarray:
     return getattr(out, "pooler_output", out).numpy()
 
 
-def test_frame_features_match_the_model_called_directly(tmp_path, ray_session, tiny_clip, clips):
-    store = Store.open(str(tmp_path / "out"))
-    inputs = _keyframes(store, _manifest(store, clips))
+def test_frame_features_match_the_model_called_directly(tmp_path, ray_session, tiny_clip, clips, prepared):
+    store, inputs = _copy_of(prepared, tmp_path, clips)
     result = run_stage(store, STAGES["frame_features"], FrameFeaturesConfig(model=tiny_clip), inputs, RUNNER)
-    assert (result.rows, result.failures) == (3, 0)
+    assert result.up_to_date and (result.rows, result.failures) == (3, 0)  # computed by `prepared`
     rows = _rows(store, "frame_features", result.version)
     frames = _rows(store, "keyframes", inputs["keyframes"].version)
     for video_id, row in rows.items():
@@ -150,9 +163,8 @@ def test_a_corrupt_jpeg_fails_its_video_only(tmp_path, ray_session, tiny_clip, c
     assert sorted(_rows(store, "frame_features", result.version)) == ["v0", "v2"]  # same shard, kept
 
 
-def test_the_driver_holds_no_pixels(tmp_path, ray_session, clips):
-    store = Store.open(str(tmp_path / "out"))
-    inputs = _keyframes(store, _manifest(store, clips))
+def test_the_driver_holds_no_pixels(tmp_path, ray_session, clips, prepared):
+    store, inputs = _copy_of(prepared, tmp_path, clips)
     stage = STAGES["frame_features"]
     readers = {name: inputs[name] for name in stage.inputs}
     items, _ = attach_upstream(stage, stage.items(FrameFeaturesConfig(), readers), readers)
@@ -163,22 +175,21 @@ def test_the_driver_holds_no_pixels(tmp_path, ray_session, clips):
 # ---- run settings, resume, model change ---------------------------------------------------------------
 
 
-def test_run_settings_and_resume_keep_the_version(tmp_path, ray_session, tiny_clip, clips):
-    store = Store.open(str(tmp_path / "out"))
-    inputs = _keyframes(store, _manifest(store, clips))
+def test_run_settings_and_resume_keep_the_version(tmp_path, ray_session, tiny_clip, clips, prepared):
+    store, inputs = _copy_of(prepared, tmp_path, clips)
     stage = STAGES["frame_features"]
-    # One logical GPU in the test session's Ray: decode and embed stream between two pools.
-    streamed = FrameFeaturesConfig(model=tiny_clip, run=ModelRunSettings(num_gpus=1, workers=1, device="cpu",
-                                                                         batch_size=1))
-    first = run_stage(store, stage, streamed, inputs, RUNNER)
-    assert first.rows == 3
+    fused = FrameFeaturesConfig(model=tiny_clip)  # as `prepared` ran it: both steps in one worker
+    first = run_stage(store, stage, fused, inputs, RUNNER)
+    assert first.up_to_date and first.rows == 3
     version, reference = first.version, _rows(store, "frame_features", first.version)
 
     Version(store, "frame_features", version).withdraw(0)  # as if shard 0 had never been committed
     manifest = json.loads(store.read_text("frame_features", version, "_manifest.json"))
     store.write_text(json.dumps({**manifest, "complete": False}), "frame_features", version, "_manifest.json")
-    fused = replace(streamed, run=ModelRunSettings(num_gpus=0, batch_size=4, dtype="float32"))
-    resumed = run_stage(store, stage, fused, inputs, RUNNER)
+    # One logical GPU in the test session's Ray: decode and embed stream between two pools.
+    streamed = replace(fused, run=ModelRunSettings(num_gpus=1, workers=1, device="cpu", batch_size=1,
+                                                   dtype="float32"))
+    resumed = run_stage(store, stage, streamed, inputs, RUNNER)
     assert resumed.version == version and resumed.computed_items == 2  # shard 0 only
     rows = _rows(store, "frame_features", version)
     for video_id, row in reference.items():
@@ -186,11 +197,11 @@ def test_run_settings_and_resume_keep_the_version(tmp_path, ray_session, tiny_cl
                                    np.array(row["features"], np.float32), atol=1e-3)
 
 
-def test_a_model_change_is_a_new_version_and_keyframes_is_untouched(tmp_path, ray_session, tiny_clip, clips):
-    store = Store.open(str(tmp_path / "out"))
-    inputs = _keyframes(store, _manifest(store, clips))
+def test_a_model_change_is_a_new_version_and_keyframes_is_untouched(tmp_path, ray_session, tiny_clip, clips,
+                                                                    prepared):
+    store, inputs = _copy_of(prepared, tmp_path, clips)
     stage = STAGES["frame_features"]
-    before = run_stage(store, stage, FrameFeaturesConfig(model=tiny_clip), inputs, RUNNER)
+    before = run_stage(store, stage, FrameFeaturesConfig(model=tiny_clip), inputs, RUNNER)  # `prepared`'s
     other = build_tiny_clip(tmp_path / "other-clip", seed=1)
     after = run_stage(store, stage, FrameFeaturesConfig(model=other), inputs, RUNNER)
     assert after.version != before.version and not after.up_to_date

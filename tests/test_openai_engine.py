@@ -9,89 +9,24 @@ import base64
 import contextlib
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from serving import free_port, transformers_serve
 
 from pipeline.engines import load_engine
 from pipeline.engines.base import GenerationRequest, GenerationResult
 from pipeline.engines.config import OpenAIEngineConfig
 from pipeline.engines.openai_engine import OpenAIEngine, attach_frames, backoff_delay, parse_response, request_payload
-from pipeline.models.tiny_lm import build_tiny_lm, build_tiny_vlm
-
-SERVER_START_SECONDS = 240  # importing torch, transformers and fastapi, then loading, on 2 busy cores
-
-
-# ---- a real `transformers serve` ------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def transformers_serve(model_folder: str, log_path):
-    """`transformers serve MODEL` on a free local port, offline; yields its base URL (`.../v1`).
-    A server that does not come up fails the test with its log: nothing is skipped."""
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-           # the CLI otherwise asks PyPI once a day whether transformers is current
-           "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
-    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", model_folder,
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--log-level", "info"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"transformers serve exited with {process.returncode}:\n{_tail(log_path)}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve not up after {SERVER_START_SECONDS} s:\n{_tail(log_path)}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _tail(path, chars: int = 6000) -> str:
-    with open(path, "rb") as f:
-        return f.read().decode(errors="replace")[-chars:]
 
 
 @pytest.fixture(scope="module")
-def lm_server(tmp_path_factory):
-    folder = build_tiny_lm(tmp_path_factory.mktemp("tiny-lm") / "model")
-    with transformers_serve(folder, tmp_path_factory.mktemp("serve-lm") / "serve.log") as url:
-        yield folder, url
-
-
-@pytest.fixture(scope="module")
-def vlm_server(tmp_path_factory):
-    folder = build_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm") / "model")
-    with transformers_serve(folder, tmp_path_factory.mktemp("serve-vlm") / "serve.log") as url:
-        yield folder, url
+def vlm_server(tiny_vlm, tmp_path_factory):
+    with transformers_serve(tiny_vlm, tmp_path_factory.mktemp("serve-vlm") / "serve.log") as url:
+        yield tiny_vlm, url
 
 
 def _engine(model: str, url: str, **overrides) -> OpenAIEngine:
@@ -355,7 +290,7 @@ def test_client_errors_are_not_retried_and_fail_only_their_request():
 
 
 def test_an_unreachable_server_gives_error_results_in_order():
-    engine = OpenAIEngine(OpenAIEngineConfig(model="m", base_url=f"http://127.0.0.1:{_free_port()}/v1", retries=2),
+    engine = OpenAIEngine(OpenAIEngineConfig(model="m", base_url=f"http://127.0.0.1:{free_port()}/v1", retries=2),
                           backoff_seconds=0.01)
     results = engine.generate(_prompts("a", "b", "c"))
     assert [r.id for r in results] == ["id-0", "id-1", "id-2"]

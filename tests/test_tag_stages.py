@@ -117,29 +117,17 @@ def test_sampling_settings_are_checked():
         build(SamplingSettings, {"temperatures": [0.7, 0.7]})
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory) -> str:
-    from pipeline.models.tiny_lm import build_tiny_lm
-
-    return build_tiny_lm(tmp_path_factory.mktemp("models") / "tiny-lm")
-
-
-@pytest.fixture(scope="module")
-def served_lm(tiny_lm, tmp_path_factory):
-    from test_openai_engine import transformers_serve
-
-    with transformers_serve(tiny_lm, tmp_path_factory.mktemp("serve") / "serve.log") as url:
-        yield url
-
-
 def _engine_config(backend: str, model: str, request):
     if backend == "transformers":
         return TransformersEngineConfig(model=model)
-    return OpenAIEngineConfig(model=model, base_url=request.getfixturevalue("served_lm"), max_concurrency=2)
+    served, url = request.getfixturevalue("lm_server")
+    assert served == model
+    return OpenAIEngineConfig(model=model, base_url=url, max_concurrency=2)
 
 
-@pytest.mark.parametrize("backend, chat_template", [("transformers", False), ("transformers", True),
-                                                    ("openai", False), ("openai", True)])
+# Each backend once, one with the raw prompt and one through the chat template: the engines' own
+# tests run both kinds of prompt on each backend (test_transformers_engine, test_openai_engine).
+@pytest.mark.parametrize("backend, chat_template", [("transformers", False), ("openai", True)])
 def test_textual_tags_with_the_tiny_llm(tmp_path, ray_session, tiny_lm, request, backend, chat_template):
     """The same stage test for the in-process and the endpoint backend (a real `transformers serve`)."""
     config = TextualTagsConfig(engine=_engine_config(backend, tiny_lm, request), chat_template=chat_template,

@@ -18,13 +18,13 @@ from pipeline.models.tiny_lm import EOT, IMAGE, build_tiny_lm, build_tiny_vlm
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory) -> str:
-    return build_tiny_lm(tmp_path_factory.mktemp("models") / "tiny-lm")
+def lm(tiny_lm) -> str:
+    return tiny_lm
 
 
 @pytest.fixture(scope="module")
-def vlm(tmp_path_factory) -> str:
-    return build_tiny_vlm(tmp_path_factory.mktemp("models") / "tiny-vlm")
+def vlm(tiny_vlm) -> str:
+    return tiny_vlm
 
 
 def _engine(model: str, batch_size: int = 4) -> TransformersEngine:

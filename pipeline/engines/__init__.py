@@ -7,6 +7,7 @@ client are never needed by a run that does not use them.
 
 from __future__ import annotations
 
+from pipeline.config import to_dict
 from pipeline.engines.base import Engine, GenerationRequest, GenerationResult
 from pipeline.engines.config import (
     EngineConfig,
@@ -15,6 +16,7 @@ from pipeline.engines.config import (
     TransformersEngineConfig,
     VllmEngineConfig,
 )
+from pipeline.models.identity import checkpoint_identity
 
 __all__ = ["Engine", "EngineConfig", "GenerationRequest", "GenerationResult", "load_engine", "engine_identity"]
 
@@ -45,11 +47,7 @@ def load_engine(config: EngineConfig, device: str = "auto", dtype: str = "auto")
 def engine_identity(config: EngineConfig) -> dict:
     """What a stage's version takes from its engine: the backend config (model, revision, ...),
     and for a local model folder or a hub id, what `checkpoint_identity` says about it."""
-    from pipeline.config import to_dict
-
     identity = {"engine": to_dict(config)}
     if isinstance(config, (TransformersEngineConfig, VllmEngineConfig)):  # weights we load ourselves
-        from pipeline.models.identity import checkpoint_identity
-
         identity["checkpoint"] = checkpoint_identity(config.model, config.revision)
     return identity

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from pipeline.config import ConfigError
+
 # The files of a checkpoint folder that decide its outputs: configs, tokenizer, weights.
 _CHECKPOINT_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model", ".jinja")
 
@@ -42,7 +44,6 @@ def checkpoint_identity(model: str, revision: str | None) -> dict:
 
 def model_unavailable(model: str, revision: str | None, error: Exception):
     """The one-line error for a model that is neither a local folder nor readable from the hub."""
-    from pipeline.config import ConfigError
 
     at = f" at revision {revision}" if revision else ""
     cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

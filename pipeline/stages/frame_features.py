@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from pipeline.models.identity import checkpoint_identity
 from pipeline.run.stage import Failure, ModelRunSettings, Stage, Step
 from pipeline.store.schema import frame_features_schema
 
@@ -85,8 +86,6 @@ def _schema(config: FrameFeaturesConfig) -> pa.Schema:
 
 
 def _identity(config: FrameFeaturesConfig) -> dict:
-    from pipeline.models.identity import checkpoint_identity
-
     return {"checkpoint": checkpoint_identity(config.model, config.revision)}
 
 

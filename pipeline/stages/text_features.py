@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from pipeline.models.identity import checkpoint_identity
 from pipeline.run.stage import ModelRunSettings, Stage, Step
 from pipeline.stages.frame_features import DEFAULT_CLIP
 from pipeline.store.schema import text_features_schema
@@ -57,8 +58,6 @@ def _schema(config: TextFeaturesConfig) -> pa.Schema:
 
 
 def _identity(config: TextFeaturesConfig) -> dict:
-    from pipeline.models.identity import checkpoint_identity
-
     return {"checkpoint": checkpoint_identity(config.model, config.revision)}
 
 

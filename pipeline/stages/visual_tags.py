@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipeline.engines.config import EngineConfig, TransformersEngineConfig
-from pipeline.run.stage import ModelRunSettings, Stage, Step
+from pipeline.run.stage import Failure, ModelRunSettings, Stage, Step
 from pipeline.store.schema import TAGS
 from pipeline.tags.asking import SamplingSettings, asker, fan_out, tag_stage_identity, vllm_transform
 
@@ -38,8 +38,7 @@ def visual_tags_items(config: VisualTagsConfig, inputs) -> pa.Table:
 
 
 def _decode_setup(config: VisualTagsConfig):
-    from pipeline.models.clip import decode_jpeg
-    from pipeline.run.stage import Failure
+    from pipeline.models.clip import decode_jpeg  # torch: in the worker, not on the driver
 
     def decode(item: dict) -> dict | Failure:
         try:
