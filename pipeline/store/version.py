@@ -139,9 +139,6 @@ class Version:
 
     # ---- the record (_manifest.json) and LATEST ---------------------------------------------------
 
-    def exists(self) -> bool:
-        return self.store.exists(self.path)
-
     def manifest(self) -> dict[str, Any] | None:
         """The version's record, None when there is none; a damaged one is an error naming the file."""
         if not self.store.exists(self.manifest_path):
@@ -381,10 +378,9 @@ class Version:
 
     # ---- reading committed parts ------------------------------------------------------------------
 
-    def committed_paths(self, failures: bool = False,
-                        records: dict[int, dict[str, Any]] | None = None) -> list[str]:
+    def committed_paths(self, failures: bool = False) -> list[str]:
         """Store-relative paths of the committed row parts (or failure parts), in shard order."""
-        records = self.commits() if records is None else records
+        records = self.commits()
         return [records[shard]["files"][1 if failures else 0]["final"] for shard in sorted(records)]
 
     def table(self, columns: list[str] | None = None) -> pa.Table:
