@@ -2,7 +2,7 @@
 
 Small files (records, LATEST) appear under their final names only when complete: they are
 written to a hidden temporary name first and then moved into place. Part files go through the
-commit protocol in `pipeline.commit` instead. A write that fails (no space, read-only, quota)
+commit protocol of `pipeline.store.version` instead. A write that fails (no space, read-only, quota)
 raises `StorageError` naming the path, never a bare OSError from deep inside pyarrow.
 """
 
