@@ -87,9 +87,16 @@ def test_sigkill_midway_then_rerun_gives_every_item_exactly_once(tmp_path):
     killed = _committed(out)
     assert not killed["complete"]
     assert 3 <= len(killed["shards"]) < killed["num_shards"] == NUM_CLIPS + 1
-    # What a reader of the version folder sees is exactly what was committed, nothing staged.
+    # What a reader of the version folder sees is exactly what was committed, nothing staged. A
+    # kill between a shard's record (the commit) and the move of its files leaves that shard's
+    # files staged, for the rerun to publish: every record's rows file is in place or staged.
     folder = out / "keyframes" / killed["version"]
-    assert ds.dataset(folder, format="parquet").count_rows() == sum(r["rows"] for r in killed["shards"].values())
+    rows_files = {name: record["files"][0] for name, record in killed["shards"].items()}
+    published = {name for name, file in rows_files.items() if (out / file["final"]).exists()}
+    assert all((out / rows_files[name]["staged"]).exists() for name in set(rows_files) - published)
+    assert len(published) >= len(rows_files) - 1  # only the shard being committed can be caught in the move
+    assert {p.name for p in folder.glob("part-*.parquet")} == {Path(rows_files[n]["final"]).name for n in published}
+    assert ds.dataset(folder, format="parquet").count_rows() == sum(killed["shards"][n]["rows"] for n in published)
 
     rerun = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(config), "--stages", "probe", "keyframes"],
                            env=env, capture_output=True, text=True, timeout=600)

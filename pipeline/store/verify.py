@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.config import ConfigError
 from pipeline.store.schema import FAILURES
 from pipeline.store.storage import Store
 from pipeline.store.version import (
@@ -84,7 +85,7 @@ def verify(out: str, stage: str | None = None, repair: bool = False, schemas: Sc
     stages = [s for s in stage_folders(store) if s in schemas or looks_like_stage(store, s)]
     if stage is not None:
         if stage not in stages:
-            raise ValueError(f"{out} has no output of stage {stage!r} (stages there: {', '.join(stages) or 'none'})")
+            raise ConfigError(f"{out} has no output of stage {stage!r} (stages there: {', '.join(stages) or 'none'})")
         stages = [stage]
     report = Report(store.root)
     for name in stages:

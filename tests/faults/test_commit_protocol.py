@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from toy import TOY, FailingStore, ToyConfig, read, toy_inputs
 
+from pipeline.cli import main
 from pipeline.flow import verify_outputs
 from pipeline.run.runner import OutputWriteError, RunnerConfig, run_stage, stage_version
 from pipeline.store.lease import LeaseHeldError, LeaseLostError
@@ -42,6 +43,13 @@ def test_verify_passes_on_a_clean_run(done):
     report = verify_outputs(store.root)
     assert report.ok, report.render()
     assert report.items == 10 + 10  # the toy items, and the manifest's videos
+
+
+def test_verify_of_a_stage_not_there_is_a_one_line_usage_error(done, capsys):
+    store, _, _ = done
+    assert main(["verify", store.root, "--stage", "tyo"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "has no output of stage 'tyo'" in error and "toy" in error
 
 
 @pytest.mark.parametrize("damage", ["append_byte", "remove_byte", "delete_part", "flip_byte"])
