@@ -180,13 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.datasets import FORMATS
 
     parser = argparse.ArgumentParser(prog="tvr", description=__doc__.split("\n")[0])
+    debug_help = "show the full traceback of an error"
+    parser.add_argument("--debug", action="store_true", help=debug_help)  # `tvr --debug COMMAND ...`
+    # `tvr COMMAND ... --debug` too. A subcommand's namespace is copied over its parent's, so its
+    # --debug has no default (SUPPRESS): a leaf's False would otherwise erase `tvr --debug`.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, **kwargs) -> argparse.ArgumentParser:
-        return commands.add_parser(name, parents=[common], **kwargs)  # --debug after any command
-
+        return commands.add_parser(name, parents=[common], **kwargs)
 
     manifest = command(
         "manifest", help="read a dataset's annotations into videos/captions tables",
@@ -244,14 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = command("export-tags", help="write the tags in the files MAC-VR's released code reads "
                                          "(MSR-VTT anns/*.csv, DiDeMo/ActivityNet all_concepts_llama3.json)")
     export.add_argument("out")
-    export.add_argument("dest", help="the folder to write into (the reference code's data folder)")
+    export.add_argument("dest", help="the folder to write into (the reference code's data folder), or a pyarrow.fs URI")
     export.add_argument("--manifest", default="latest", help="the manifest version whose captions and splits to use")
     export.add_argument("--visual-version", help="a visual_tags version (default: LATEST)")
     export.add_argument("--textual-version", help="a textual_tags version (default: LATEST)")
     export.set_defaults(func=_cmd_export_tags)
 
-    # No --debug on `prompts` itself: argparse would reset it from the leaf's default.
-    prompts = commands.add_parser("prompts", help="list the prompt templates, or render one as a model sees it")
+    prompts = command("prompts", help="list the prompt templates, or render one as a model sees it")
     prompt_commands = prompts.add_subparsers(dest="prompts_command", required=True)
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--folder", help="prompts folder (default: the repository's prompts/)")
@@ -275,13 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from pipeline.datasets import AnnotationError
+    from pipeline.demo.synth import MissingToolError
     from pipeline.run.runner import OutputWriteError
     from pipeline.store.lease import LeaseHeldError, LeaseLostError
     from pipeline.store.storage import StorageError
     from pipeline.store.version import DamagedOutputError, InputNotReadyError
 
     usage_errors = (ConfigError, AnnotationError, InputNotReadyError, FileNotFoundError)
-    state_errors = (DamagedOutputError, LeaseHeldError, LeaseLostError, OutputWriteError, StorageError)
+    state_errors = (DamagedOutputError, LeaseHeldError, LeaseLostError, OutputWriteError, StorageError,
+                    MissingToolError)
     try:
         return args.func(args)
     except usage_errors + state_errors as exc:

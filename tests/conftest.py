@@ -215,6 +215,22 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def demo_out(tmp_path_factory, ray_session) -> Path:
+    """`tvr demo` run once for the session (about a minute): test_cli and test_docs_commands read it."""
+    import contextlib
+    import io
+
+    from pipeline.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "tvr-demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["demo", "--out", str(out)])
+    assert code == 0, printed.getvalue()
+    return out
+
+
 # ---- every output a test leaves must pass `tvr verify` -------------------------------------------
 
 

@@ -26,12 +26,7 @@ def _tvr(*argv: str) -> tuple[int, str]:
     return code, buffer.getvalue()
 
 
-@pytest.fixture(scope="module")
-def demo_out(tmp_path_factory, ray_session) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "tvr-demo"
-    code, printed = _tvr("demo", "--out", str(out))
-    assert code == 0, printed
-    return out
+# demo_out: conftest.py, one `tvr demo` for the session (test_docs_commands reads it too).
 
 
 def _latest(out: Path, stage: str) -> str:

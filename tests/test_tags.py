@@ -182,6 +182,12 @@ def test_clauses_are_dropped_verb_and_noun_phrases_kept():
     ]
 
 
+def test_an_adverb_between_subject_and_verb_still_makes_a_clause():
+    # Each is three words, so only the clause rule can drop it; "quickly running" has no subject.
+    text = "1. Man quickly runs\n2. Dog slowly walks\n3. Woman loudly sings\n4. Quickly running\n5. Slow walk"
+    assert parse_tags(text) == ["quickly running", "slow walk"]
+
+
 def test_tags_longer_than_three_words_are_dropped_counting_after_stopwords():
     text = "- exploring the hidden caves of the mountain\n- a sense of adventure and fun\n- big red shiny car\n- car"
     # 4 words left in the first and third; "sense adventure fun" is 3 once "a", "of", "and" go.

@@ -534,3 +534,29 @@ def test_a_run_cut_off_after_an_epoch_resumes_to_the_same_numbers(planted, tmp_p
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(config_lib.to_dict(_config(planted, tmp_path / "cut"))))
     assert main(["train", str(tmp_path / "other.yaml")]) == 2
     assert "holds another run" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_is_a_damaged_file(planted, tmp_path, capsys):
+    # Past the file's own checks (tests/faults/test_fuzz_answers.py): a checkpoint that reads but
+    # does not fit the model its config builds, or metrics.json that is not one, exit 1 naming the file.
+    run = tmp_path / "run"
+    config = _config(planted, run, "model.head=meanpool", "optim.epochs=1")
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config_lib.to_dict(config)))
+    run_training(config)
+    whole = torch.load(run / "checkpoint.pt", weights_only=True)
+
+    def damaged(command: str, args: list[str], named: str) -> None:
+        assert main([command, *args]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"tvr {command}: error: {run / named}"), err
+
+    state = {**whole, "head": {name: torch.zeros(3, *t.shape) for name, t in whole["head"].items()}}
+    torch.save({**state, "head": {**state["head"], "not_a_parameter": torch.zeros(1)}}, run / "checkpoint.pt")
+    damaged("eval", [str(run)], "checkpoint.pt does not fit this config's model")
+    damaged("train", [str(tmp_path / "train.yaml")], "checkpoint.pt does not fit this config's model")
+    group = whole["optimizer"]["param_groups"][0]
+    torch.save({**whole, "optimizer": {**whole["optimizer"], "param_groups": [group, group]}}, run / "checkpoint.pt")
+    damaged("train", [str(tmp_path / "train.yaml")], "checkpoint.pt does not fit this config's model")
+    torch.save({**whole, "epoch": 0}, run / "checkpoint.pt")  # an epoch to do again, and metrics.json to read
+    (run / "metrics.json").write_text('{"epoch": 1')
+    damaged("train", [str(tmp_path / "train.yaml")], "metrics.json is not valid JSON")

@@ -178,17 +178,23 @@ def _csv_rows(path: Path, reader: Any) -> Iterator[tuple[int, list[str]]]:
         except StopIteration:
             return
         except csv.Error as error:
-            raise AnnotationError(_csv_error(path, start, error)) from error
+            raise AnnotationError(_csv_error(path, start, reader.line_num, error)) from error
         yield start, fields
 
 
-def _csv_error(path: Path, line: int, error: csv.Error) -> str:
+def _csv_error(path: Path, line: int, reached: int, error: csv.Error) -> str:
     if "field larger than field limit" in str(error):
-        # The limit stays: no caption is 128 KB, but a quote that is never closed makes the rest
-        # of the file one field, and that is what a researcher needs to look for.
+        # The csv module's limit (131072 characters) stays: it is global to the process, and it
+        # bounds what one runaway quote can make the reader hold. No annotation field is near it.
+        limit = csv.field_size_limit()
+        if reached > line:  # the field ran over line breaks: almost always a quote never closed
+            return (
+                f"{path} line {line}: a field is larger than the CSV field limit ({limit} characters) and is "
+                f"still open on line {reached}; look for a quote opened on line {line} and never closed"
+            )
         return (
-            f"{path} line {line}: a field in the row starting here is longer than {csv.field_size_limit()} "
-            "characters; look for a quote that is opened and never closed"
+            f"{path} line {line}: a field is larger than the CSV field limit ({limit} characters) on this "
+            "one line; no annotation field is that long: check that this is the right file"
         )
     return f"{path} line {line}: not valid CSV: {_one_line(str(error))}"
 

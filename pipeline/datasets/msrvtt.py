@@ -116,7 +116,7 @@ def read_test(path: Path, video_extras: dict[str, dict[str, Any]]) -> list[Video
     """One video per JSFUSION row, its `sentence` the one test caption (key kept as native id)."""
     videos = []
     for line, row in read_csv_rows(path, ["key", "vid_key", "video_id", "sentence"]):
-        if not row["video_id"] or row["sentence"] is None:
+        if not (row["video_id"] or "").strip() or row["sentence"] is None:  # a blank id is no video
             raise AnnotationError(f"{path} line {line}: expected key,vid_key,video_id,sentence, got {short(row, 200)}")
         caption = CaptionRecord(
             row["sentence"].strip(), {"key": row["key"], "vid_key": row["vid_key"]}, native_id=("key", row["key"])

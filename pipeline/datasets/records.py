@@ -17,7 +17,7 @@ class AnnotationError(ValueError):
 class Problem:
     """One row of the manifest's problems table: something that needs attention, listed by id."""
 
-    problem: str  # missing_video | ambiguous_video | duplicate_video_id | missing_split_file | ...
+    problem: str  # missing_video | not_a_file | ambiguous_video | duplicate_video_id | missing_split_file | ...
     id: str
     detail: str
 

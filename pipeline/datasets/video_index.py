@@ -1,6 +1,7 @@
 """Finding each annotated video's file under the video root, whatever its extension or folder."""
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +9,16 @@ from pipeline.datasets.records import Problem, VideoRecord
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"}
+)
+
+
+NOT_A_FILE = "not_a_file"
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
 )
 
 
@@ -34,7 +45,15 @@ class VideoIndex:
             return self._resolve_given(video.video_id, video.given_path)
         if video.preferred_file and os.path.isfile(os.path.join(self.root, video.preferred_file)):
             return self._checked(video.video_id, video.preferred_file)
-        matches = sorted({path for stem in video.stems() for path in self.by_stem.get(stem, [])})
+        named = sorted({path for stem in video.stems() for path in self.by_stem.get(stem, [])})
+        # A FIFO, socket or device with a video's name is never a candidate (probe would open it);
+        # a dangling link stays one, and probe reports it missing.
+        kinds = {path: self._not_a_file(os.path.join(self.root, path)) for path in named}
+        matches = [path for path in named if kinds[path] in (None, "missing")]
+        if not matches and named:
+            listed = ", ".join(f"{path} is {kinds[path]}" for path in named)
+            detail = f"{listed}, not a regular file; not opened"
+            return Resolution(None, (Problem(NOT_A_FILE, video.video_id, detail),))
         if not matches:
             looked_for = " or ".join(f"{stem}.<video extension>" for stem in video.stems())
             detail = f"no file named {looked_for} under the video root"
@@ -52,10 +71,29 @@ class VideoIndex:
         if not self._inside_root(absolute):
             detail = f"path {given} resolves to {os.path.realpath(absolute)}, outside the video root"
             return Resolution(None, (Problem("path_outside_root", video_id, detail),))
-        if not os.path.isfile(absolute):
+        kind = self._not_a_file(absolute)
+        if kind == "missing":
             detail = f"path {given}: no such file under the video root"
             return Resolution(None, (Problem("missing_video", video_id, detail),))
+        if kind is not None:
+            detail = f"path {given} is {kind}, not a regular file; not opened"
+            return Resolution(None, (Problem(NOT_A_FILE, video_id, detail),))
         return Resolution(absolute)
+
+    @staticmethod
+    def _not_a_file(path: str) -> str | None:
+        """None for a regular file (links followed); else what is there, found by stat alone:
+        opening a FIFO to find out would block until a writer comes, and a device may be endless."""
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return "missing"
+        if stat.S_ISREG(mode):
+            return None
+        for test, kind in _KINDS:
+            if test(mode):
+                return kind
+        return "not a regular file"
 
     def _checked(self, video_id: str, relative: str) -> Resolution:
         """The file under the root, unless a symlink takes it outside the root."""

@@ -108,6 +108,7 @@ def demo_training(out: Path) -> TrainConfig:
 
 def run_demo(out: Path, workers: int | None = None, report=print):
     """Every pipeline stage, then a short training run; returns the stage results and the metrics."""
+    synth.require_ffmpeg()  # before anything is written
     make_demo_dataset(out / "data")
     build_tiny_clip(out / "models" / "tiny-clip")
     build_tiny_lm(out / "models" / "tiny-lm")

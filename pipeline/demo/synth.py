@@ -56,7 +56,24 @@ def vfr_kept_frames(source_frames: int) -> int:
     return sum(1 for n in range(source_frames) if n % 10 < 6 or n % 10 == 8)
 
 
+class MissingToolError(RuntimeError):
+    """A command-line tool this needs is not installed; the message says how to install it."""
+
+
+INSTALL_FFMPEG = ("install ffmpeg (it brings ffprobe): sudo apt-get install ffmpeg (Debian, Ubuntu), "
+                  "brew install ffmpeg (macOS), or conda install -c conda-forge ffmpeg")
+
+
+def require_ffmpeg() -> None:
+    """ffmpeg (to make the videos) and ffprobe (the probe stage reads them) on PATH, or one line
+    saying how to install them."""
+    missing = [name for name in ("ffmpeg", "ffprobe") if shutil.which(name) is None]
+    if missing:
+        raise MissingToolError(f"{' and '.join(missing)} not found on PATH: {INSTALL_FFMPEG}")
+
+
 def _run_ffmpeg(args: list[str]) -> None:
+    require_ffmpeg()
     cmd = [require_binary("ffmpeg"), "-nostdin", "-hide_banner", "-v", "error", "-y", *args]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:

@@ -94,26 +94,70 @@ def request_payload(request: GenerationRequest, model: str) -> tuple[str, dict[s
 
 
 def parse_response(request: GenerationRequest, data: Any) -> GenerationResult:
-    """A successful (HTTP 200) response body as a result; a body without a first choice is an error."""
-    try:
-        choice = data["choices"][0]
-        if request.prompt is not None:
-            text = choice.get("text")
-        else:
-            text = (choice.get("message") or {}).get("content")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return failed(request, f"unexpected response (no choices): {str(data)[:_ERROR_BODY_CHARS]}")
-    usage = data.get("usage") or {}
+    """A successful (HTTP 200) response body as a result. A body of another shape (no first choice,
+    a text that is not a string, token counts that are not counts) is an error result naming what
+    was wrong, never an exception: one broken answer fails its request only."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return failed(request, f"unexpected response (no choices): {_excerpt(data)}")
+    choice = choices[0]
+    if request.prompt is not None:
+        where, text = "choices[0].text", choice.get("text")
+    else:
+        message = choice.get("message")
+        if message is not None and not isinstance(message, dict):
+            return failed(request, f"unexpected response: choices[0].message is {_kind(message)}, not an object: "
+                                   f"{_excerpt(data)}")
+        where, text = "choices[0].message.content", (message or {}).get("content")
+    if text is not None and not isinstance(text, str):
+        return failed(request, f"unexpected response: {where} is {_kind(text)}, not a string: {_excerpt(data)}")
+    text = text or ""
+    if not _is_unicode(text):
+        return failed(request, f"unexpected response: {where} is not valid Unicode (a lone surrogate)")
+    usage = data.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        return failed(request, f"unexpected response: usage is {_kind(usage)}, not an object: {_excerpt(data)}")
+    counts = []
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = (usage or {}).get(name)
+        count = _count(value)
+        if count is None:
+            return failed(request, f"unexpected response: usage.{name} is {_kind(value)}, not a token count: "
+                                   f"{_excerpt(data)}")
+        counts.append(count)
     # "length" is the one reason that says the text is cut; anything else means the model (or the
     # server, for tool calls and filters) ended it.
     finish = "length" if choice.get("finish_reason") == "length" else "stop"
-    return GenerationResult(
-        id=request.id,
-        text=text or "",
-        finish_reason=finish,
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        output_tokens=int(usage.get("completion_tokens") or 0),
-    )
+    return GenerationResult(id=request.id, text=text, finish_reason=finish, prompt_tokens=counts[0],
+                            output_tokens=counts[1])
+
+
+def _count(value: Any) -> int | None:
+    """A token count as an int (absent: 0), or None when it is not one (a row's column is int64)."""
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        return None
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), f"the number {value!r}" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # JSON's "\ud800" escapes decode to lone surrogates, which Parquet refuses
+        return False
+    return True
+
+
+def _excerpt(data: Any) -> str:
+    return str(data)[:_ERROR_BODY_CHARS]
 
 
 def failed(request: GenerationRequest, why: str) -> GenerationResult:

@@ -16,10 +16,11 @@ The contract: `Class(model, revision=revision, **options)` builds a loaded engin
   that fails gets a result with `finish_reason="error"` and `error` set, not an exception;
 - `close()`: releases what the engine holds (GPU memory, processes).
 
-`load_plugin` checks what it can, in order, before and after building: the spec's form, that the
-module imports, that the class exists and accepts the options (checked against its signature, so
-a wrong option costs no model load), and that the object it builds has `generate` and `close`.
-Each failure is a one-line `ConfigError` naming the spec.
+`plugin_class` checks what it can without building anything: the spec's form, that the module
+imports, that the class exists and accepts the options (checked against its signature, so a wrong
+option costs no model load); the driver runs it before any worker starts (`check_engine`).
+`load_plugin` does the same, builds, and checks that the object has `generate` and `close`. Each
+failure is a one-line `ConfigError` naming the spec.
 """
 
 from __future__ import annotations
@@ -33,9 +34,21 @@ from pipeline.engines.config import PluginEngineConfig
 
 
 def load_plugin(config: PluginEngineConfig) -> Engine:
-    spec = config.plugin
-    module_name, class_name = _split(spec)
-    where = f"engine plugin {spec!r}"
+    cls = plugin_class(config)
+    engine = cls(config.model, revision=config.revision, **config.options)
+    missing = [method for method in ("generate", "close") if not callable(getattr(engine, method, None))]
+    if missing:
+        raise ConfigError(f"{_where(config)}: {cls.__name__} objects have no {' or '.join(missing)} method; an "
+                          "engine implements generate(requests) -> results and close()")
+    return engine
+
+
+def plugin_class(config: PluginEngineConfig, key: str | None = None):
+    """The plugin's class, after every check that builds nothing: the spec's form, the import, the
+    class, the options against its signature. The driver calls it (with the config `key` of the
+    engine section, which the error then names) before any worker starts."""
+    where = _where(config, key)
+    module_name, class_name = _split(config.plugin, where)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -52,19 +65,17 @@ def load_plugin(config: PluginEngineConfig) -> Engine:
     if not callable(cls):
         raise ConfigError(f"{where}: {class_name!r} is a {type(cls).__name__}, not a class")
     _check_signature(where, cls, config)
-
-    engine = cls(config.model, revision=config.revision, **config.options)
-    missing = [method for method in ("generate", "close") if not callable(getattr(engine, method, None))]
-    if missing:
-        raise ConfigError(f"{where}: {class_name} objects have no {' or '.join(missing)} method; an engine "
-                          "implements generate(requests) -> results and close()")
-    return engine
+    return cls
 
 
-def _split(spec: str) -> tuple[str, str]:
+def _where(config: PluginEngineConfig, key: str | None = None) -> str:
+    return f"config value {key}.plugin={config.plugin!r}" if key else f"engine plugin {config.plugin!r}"
+
+
+def _split(spec: str, where: str) -> tuple[str, str]:
     module_name, sep, class_name = (spec or "").partition(":")
     if not sep or not module_name.strip() or not class_name.strip() or ":" in class_name:
-        raise ConfigError(f"engine plugin {spec!r}: name it as 'package.module:ClassName'")
+        raise ConfigError(f"{where}: name it as 'package.module:ClassName'")
     return module_name.strip(), class_name.strip()
 
 

@@ -137,12 +137,7 @@ def processor_config_kwargs(config: VllmEngineConfig, *, chat: bool = True, mult
 
     Ray's chat-template and tokenizer stages load `model` with no revision, so a pinned revision
     of a hub model would be tokenized with the newest files: name a local download instead."""
-    _check_engine_kwargs(config)
-    if config.revision and not os.path.isdir(config.model):
-        raise ValueError(
-            f"Ray Data LLM loads {config.model!r}'s tokenizer without a revision: download revision "
-            f"{config.revision} (hf download {config.model} --revision {config.revision} --local-dir DIR) "
-            "and name DIR as the model")
+    check_config(config, ray_data=True)
     engine_kwargs = {**config.engine_kwargs, "trust_remote_code": config.trust_remote_code}
     return {
         "model_source": config.model,
@@ -161,6 +156,18 @@ def output_row(row: dict[str, Any], keep: Iterable[str] = ()) -> dict[str, Any]:
     """What the processor returns for one row: the result's fields, plus the `keep` columns of the
     input row (carried through Ray's stages)."""
     return {**asdict(result_from_row(row)), **{name: row[name] for name in keep}}
+
+
+def check_config(config: VllmEngineConfig, *, ray_data: bool = False) -> None:
+    """What makes a config unusable, found without vLLM: `engine_kwargs` setting the config's own
+    fields, and for Ray Data LLM (`ray_data`) a pinned revision of a hub model (see
+    `processor_config_kwargs`). A ValueError saying which."""
+    _check_engine_kwargs(config)
+    if ray_data and config.revision and not os.path.isdir(config.model):
+        raise ValueError(
+            f"Ray Data LLM loads {config.model!r}'s tokenizer without a revision: download revision "
+            f"{config.revision} (hf download {config.model} --revision {config.revision} --local-dir DIR) "
+            "and name DIR as the model")
 
 
 def _check_engine_kwargs(config: VllmEngineConfig) -> None:

@@ -9,6 +9,7 @@ whatever LATEST points at, which may come from another config).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pyarrow as pa
 from pipeline import config as config_lib
 from pipeline.datasets import FORMATS, build_manifest
 from pipeline.run.runner import RunnerConfig, StageResult, run_stage, stage_version
+from pipeline.run.stage import check_device, run_settings
 from pipeline.stages import STAGES
 from pipeline.store import status as status_lib
 from pipeline.store import verify as verify_lib
@@ -78,6 +80,7 @@ def run_pipeline(cfg, stages: list[str] | None = None, report=print) -> list[Sta
     unknown = [name for name in stages or [] if name not in STAGES]
     if unknown:
         raise config_lib.ConfigError(f"unknown stage {unknown[0]!r}; stages are: {', '.join(STAGES)}")
+    check_stages(cfg, stages)  # before anything is written: a bad last stage must not cost the first's hours
     store = Store.open(cfg.out)
     if cfg.dataset.manifest:
         manifest_outputs = read_dataset_manifest(store, cfg.dataset.manifest, cfg.dataset.videos or None)
@@ -102,6 +105,23 @@ def run_pipeline(cfg, stages: list[str] | None = None, report=print) -> list[Sta
         done[name] = Version(store, name, result.version)
         results.append(result)
     return results
+
+
+def check_stages(cfg, stages: list[str] | None = None) -> None:
+    """Every stage the run will compute, checked on the driver before any of them starts: its own
+    `Stage.check` (models, engines, prompts) and its run settings' device. A one-line `ConfigError`
+    naming the key; nothing loaded, nothing written."""
+    selected = [name for name in STAGES if not stages or name in stages]
+    settings = {name: run_settings(getattr(cfg, name)) for name in selected}
+    visible_gpus = None  # on a cluster the driver's own GPUs say nothing about the workers'
+    if not (cfg.runner.address or os.environ.get("RAY_ADDRESS")) and any(
+            getattr(s, "device", "auto").startswith("cuda") for s in settings.values()):
+        import torch
+
+        visible_gpus = torch.cuda.device_count()
+    for name in selected:
+        STAGES[name].check(getattr(cfg, name))
+        check_device(f"{name}.run.device", settings[name], visible_gpus)
 
 
 def _with_inputs(stages: list[str]) -> set[str]:

@@ -35,11 +35,35 @@ def checkpoint_identity(model: str, revision: str | None) -> dict:
 
         try:
             path = hf_hub_download(model, "config.json")
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: not even the form of a hub id
             raise model_unavailable(model, revision, error) from error
         # The hub cache keeps each file under snapshots/<commit>/: the folder names the commit.
         identity["commit"] = Path(path).parent.name
     return identity
+
+
+def check_model(key: str, model: str) -> None:
+    """On the driver, before any worker starts: `model` (the value of config key `key`) is a local
+    checkpoint folder holding a config.json, or has the form of a Hugging Face hub id (`name` or
+    `org/name`). Nothing is downloaded or loaded; whether the hub has it is for the version's
+    identity to find out."""
+    from huggingface_hub.utils import validate_repo_id
+
+    if not model:
+        raise ConfigError(f"{key} is empty: name a Hugging Face id or a local checkpoint folder")
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"config value {key}={model!r}: the folder has no config.json "
+                              "(not a Hugging Face checkpoint folder)")
+        return
+    if path.exists():
+        raise ConfigError(f"config value {key}={model!r} is a file; name the checkpoint's folder")
+    try:
+        validate_repo_id(model)
+    except ValueError:
+        raise ConfigError(f"config value {key}={model!r}: no such folder, and not a Hugging Face hub id "
+                          "(org/name)") from None
 
 
 def model_unavailable(model: str, revision: str | None, error: Exception):

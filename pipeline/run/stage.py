@@ -7,12 +7,13 @@ else: versions, sharding, parallelism on Ray, atomic commits, resume and provena
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import pyarrow as pa
 
-from pipeline.config import bounds
+from pipeline.config import ConfigError, bounds
 from pipeline.store.version import Version
 
 
@@ -100,6 +101,10 @@ class Stage:
     identity: Callable[[Any], dict[str, Any]] = lambda config: {}
     # Recorded in each Parquet file but not part of the version (decoder versions, ...).
     provenance: Callable[[Any], dict[str, str]] = lambda config: {}
+    # Runs on the driver before any stage of the run starts (so a bad model in the last stage
+    # does not fail after hours of the first), cheaply: no weights loaded, nothing written.
+    # Raises `ConfigError` in one line naming the config key (`frame_features.model`, ...).
+    check: Callable[[Any], None] = lambda config: None
 
     def output_schema(self, config: Any) -> pa.Schema:
         return self.schema(config) if callable(self.schema) else self.schema
@@ -107,6 +112,31 @@ class Stage:
     @property
     def main_step(self) -> Step:
         return next(s for s in self.steps if s.main)
+
+
+def check_device(key: str, settings: RunSettings, visible_gpus: int | None) -> None:
+    """A model stage's `run.device`, checked on the driver: its form, and that a CUDA device it
+    names can be there. `visible_gpus`: the CUDA devices this machine has, for a local run; None
+    when the workers run on a cluster the driver cannot see into. A worker asking Ray for GPUs
+    sees only its own (Ray narrows CUDA_VISIBLE_DEVICES to them), so `cuda:N` must also fit in
+    `run.num_gpus`."""
+    if not isinstance(settings, ModelRunSettings):
+        return
+    device = settings.device
+    if device in ("auto", "cpu"):
+        return
+    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"config value {key}={device!r} is not a device: expected auto, cpu, cuda or cuda:N")
+    index = int(device[5:]) if ":" in device else 0
+    if visible_gpus == 0:
+        raise ConfigError(f"config value {key}={device!r}: this machine has no CUDA device (use auto or cpu)")
+    if visible_gpus is not None and index >= visible_gpus:
+        raise ConfigError(f"config value {key}={device!r}: this machine has {visible_gpus} CUDA device"
+                          f"{'s' if visible_gpus != 1 else ''} (cuda:0 to cuda:{visible_gpus - 1})")
+    if settings.num_gpus > 0 and index >= math.ceil(settings.num_gpus):
+        raise ConfigError(f"config value {key}={device!r}: each worker sees only the "
+                          f"{math.ceil(settings.num_gpus)} GPU(s) run.num_gpus={settings.num_gpus:g} gives it, "
+                          "numbered from cuda:0")
 
 
 def run_settings(config: Any) -> RunSettings:

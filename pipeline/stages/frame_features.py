@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from pipeline.models.identity import checkpoint_identity
+from pipeline.models.identity import check_model, checkpoint_identity
 from pipeline.run.stage import Failure, ModelRunSettings, Stage, Step
 from pipeline.store.schema import frame_features_schema
 
@@ -109,4 +109,5 @@ STAGE = Stage(
     reads={"keyframes": ("frame_indices", "timestamps", "frames")},
     identity=_identity,
     provenance=_provenance,
+    check=lambda config: check_model("frame_features.model", config.model),
 )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from pipeline.models.identity import checkpoint_identity
+from pipeline.models.identity import check_model, checkpoint_identity
 from pipeline.run.stage import ModelRunSettings, Stage, Step
 from pipeline.stages.frame_features import DEFAULT_CLIP
 from pipeline.store.schema import text_features_schema
@@ -81,4 +81,5 @@ STAGE = Stage(
     steps=(Step("embed", _embed_setup, stateful=True),),
     identity=_identity,
     provenance=_provenance,
+    check=lambda config: check_model("text_features.model", config.model),
 )

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from pipeline.engines import check_engine
 from pipeline.engines.config import EngineConfig, TransformersEngineConfig
+from pipeline.engines.prompts import load_prompt
 from pipeline.run.stage import ModelRunSettings, Stage, Step
 from pipeline.store.schema import TAGS
 from pipeline.tags.asking import SamplingSettings, asker, fan_out, tag_stage_identity, vllm_transform
@@ -53,6 +55,11 @@ def _ask_dataset(config: TextualTagsConfig):
     return vllm_transform(config, _words_for(config), chat=config.chat_template, multimodal=False)
 
 
+def _check(config) -> None:
+    load_prompt(config.prompt, config.prompts_folder)
+    check_engine("textual_tags.engine", config.engine, ray_data=True)  # a vllm engine runs through Ray Data LLM here
+
+
 STAGE = Stage(
     name="textual_tags",
     description="MAC-VR textual tags: an LLM over each caption, once per temperature",
@@ -63,4 +70,5 @@ STAGE = Stage(
     items=textual_tags_items,
     steps=(Step("ask", _ask_setup, stateful=True, dataset=_ask_dataset),),
     identity=tag_stage_identity,
+    check=_check,
 )

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from pipeline.engines import check_engine
 from pipeline.engines.config import EngineConfig, TransformersEngineConfig
+from pipeline.engines.prompts import load_prompt
 from pipeline.run.stage import Failure, ModelRunSettings, Stage, Step
 from pipeline.store.schema import TAGS
 from pipeline.tags.asking import SamplingSettings, asker, fan_out, tag_stage_identity, vllm_transform
@@ -62,6 +64,11 @@ def _ask_dataset(config: VisualTagsConfig):
     return vllm_transform(config, _words, chat=True, multimodal=True)
 
 
+def _check(config) -> None:
+    load_prompt(config.prompt, config.prompts_folder)
+    check_engine("visual_tags.engine", config.engine, ray_data=True)  # a vllm engine runs through Ray Data LLM here
+
+
 STAGE = Stage(
     name="visual_tags",
     description="MAC-VR visual tags: a VLM over each video's sparse frames, once per temperature",
@@ -73,4 +80,5 @@ STAGE = Stage(
     steps=(Step("decode", _decode_setup, main=False), Step("ask", _ask_setup, stateful=True, dataset=_ask_dataset)),
     reads={"vlm_frames": ("frames",)},
     identity=tag_stage_identity,
+    check=_check,
 )

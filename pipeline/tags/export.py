@@ -11,6 +11,7 @@ code reads them"):
 Tags are `merged_tags`' ranking (most votes over the temperatures first), which is what the
 reference code's "first M at test" expects. An item without tags (its requests failed, or the
 model gave none) is written with an empty list and counted in the summary, never left out.
+DEST is a folder or any `pyarrow.fs` URI (`file:///data/msrvtt`, `s3://bucket/data`), as `--out` is.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
 from pipeline.config import ConfigError
 from pipeline.store.dataset_manifest import manifest_record
-from pipeline.store.storage import Store
+from pipeline.store.storage import StorageError, Store
 from pipeline.store.version import InputNotReadyError, Version, complete_version
 from pipeline.tags.stats import merged_tags
 
@@ -49,11 +52,35 @@ def _tags(store: Store, stage: str, version: str | None) -> dict[str, list[str]]
     return dict(zip(table["item_id"], table["tags"]))
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+@dataclass(frozen=True)
+class _Destination:
+    """Where the files go: a local folder or any pyarrow.fs URI, as `--out` takes them."""
+
+    store: Store
+    shown: str  # the destination as the user wrote it, to name the files written
+
+    @classmethod
+    def open(cls, dest: str | Path) -> "_Destination":
+        dest = str(dest)
+        if "://" not in dest and _SCHEME.match(dest):
+            # Path("file:/data") is a folder named "file:" in the working directory: never that.
+            raise ConfigError(f"export-tags destination {dest}: a URI needs // after its scheme "
+                              f"(file:///absolute/path, s3://bucket/path), or give a plain path")
+        try:
+            store = Store.open(dest)
+        except pa.ArrowInvalid as error:  # an unknown scheme, a relative or host-named file URI
+            raise ConfigError(f"export-tags destination {dest}: {' '.join(str(error).split())}") from error
+        except OSError as error:  # the filesystem's own lookup (a bucket's region, credentials)
+            raise StorageError(dest, error) from error
+        return cls(store, dest.rstrip("/") if "://" in dest else str(Path(dest)))
+
+    def write(self, name: str, text: str) -> str:
+        """Replace `name` atomically (the reference code never reads half a file); its shown path."""
+        self.store.write_text(text, name)
+        return f"{self.shown}/{name}"
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # two letters at least: not a Windows drive
 
 
 def export_tags(out: str, dest: str | Path, manifest: str = "latest", visual_version: str | None = None,
@@ -69,13 +96,13 @@ def export_tags(out: str, dest: str | Path, manifest: str = "latest", visual_ver
     textual = _tags(store, "textual_tags", textual_version)
     captions = Version(store, "captions", record["captions"]).table(
         columns=["caption_id", "video_id", "text", "split"]).to_pylist()
-    dest = Path(dest)
+    destination = _Destination.open(dest)
     if dataset == "msrvtt":
-        return _write_msrvtt(dest, captions, visual, textual)
-    return _write_paragraphs(dest, captions, visual, textual)
+        return _write_msrvtt(destination, captions, visual, textual)
+    return _write_paragraphs(destination, captions, visual, textual)
 
 
-def _write_msrvtt(dest: Path, captions: list[dict], visual: dict, textual: dict) -> ExportSummary:
+def _write_msrvtt(dest: _Destination, captions: list[dict], visual: dict, textual: dict) -> ExportSummary:
     files, rows, no_visual, no_textual = [], 0, 0, 0
     for split, name in MSRVTT_FILES.items():
         buffer = io.StringIO()
@@ -85,18 +112,16 @@ def _write_msrvtt(dest: Path, captions: list[dict], visual: dict, textual: dict)
             v, t = visual.get(caption["video_id"], []), textual.get(caption["caption_id"], [])
             writer.writerow([caption["video_id"], caption["text"], repr(list(t)), repr(list(v))])
             rows, no_visual, no_textual = rows + 1, no_visual + (not v), no_textual + (not t)
-        _write_atomically(dest / name, buffer.getvalue())
-        files.append(str(dest / name))
+        files.append(dest.write(name, buffer.getvalue()))
     return ExportSummary(files, rows, no_visual, no_textual)
 
 
-def _write_paragraphs(dest: Path, captions: list[dict], visual: dict, textual: dict) -> ExportSummary:
+def _write_paragraphs(dest: _Destination, captions: list[dict], visual: dict, textual: dict) -> ExportSummary:
     by_video: dict[str, list[str]] = {}
     for caption in captions:  # one paragraph per video; should there be more, their tags in order, once each
         merged = by_video.setdefault(caption["video_id"], [])
         merged += [t for t in textual.get(caption["caption_id"], []) if t not in merged]
     concepts = {v: [repr(list(visual.get(v, []))), repr(t)] for v, t in sorted(by_video.items())}
-    path = dest / "all_concepts_llama3.json"
-    _write_atomically(path, json.dumps(concepts, indent=1, ensure_ascii=False))
-    return ExportSummary([str(path)], len(concepts), sum(not visual.get(v) for v in by_video),
+    path = dest.write("all_concepts_llama3.json", json.dumps(concepts, indent=1, ensure_ascii=False))
+    return ExportSummary([path], len(concepts), sum(not visual.get(v) for v in by_video),
                          sum(not t for t in by_video.values()))

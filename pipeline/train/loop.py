@@ -15,6 +15,7 @@ and an OUTPUT_DIR that holds another run is refused. Seeded (python, numpy, torc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from pipeline import config as config_lib
 from pipeline.config import ConfigError
+from pipeline.store.version import DamagedOutputError
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import Split, load_splits
 from pipeline.train.heads import Head, Lsdo, Texts, Videos, build_head
@@ -253,19 +255,20 @@ def run_training(config: TrainConfig) -> dict:
     # -- resume: OUTPUT_DIR holds this very run, cut off after an epoch: go on from its checkpoint
     step, metrics, first_epoch = 0, {}, 0
     if saved is not None:
-        head.load_state_dict(saved["head"])
-        if saved["text_encoder"] is not None:
-            encoder.model.load_state_dict(saved["text_encoder"])
-        optimizer.load_state_dict(saved["optimizer"])
-        step, metrics, first_epoch = saved["step"], saved["metrics"], saved["epoch"]
-        torch.set_rng_state(saved["rng"])
-        if saved["cuda_rng"] is not None:
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         if saved["versions"] != checkpoint["versions"]:
             changed = sorted(k for k in {**saved["versions"], **checkpoint["versions"]}
                              if saved["versions"].get(k) != checkpoint["versions"].get(k))
             raise ConfigError(f"{out} holds this config's run over other data ({', '.join(changed)} changed since): "
                               f"set another output_dir, pin data.versions, or remove that one")
+        with _restoring(out / "checkpoint.pt"):
+            head.load_state_dict(saved["head"])
+            if saved["text_encoder"] is not None:
+                encoder.model.load_state_dict(saved["text_encoder"])
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["rng"])
+            if saved["cuda_rng"] is not None:
+                torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        step, metrics, first_epoch = saved["step"], saved["metrics"], saved["epoch"]
         log.warning("%s: resuming after epoch %d of %d", out, first_epoch, opt.epochs)
     for epoch in range(first_epoch, opt.epochs):
         # -- train one epoch: every training caption once, with its video, in seeded random batches
@@ -297,8 +300,8 @@ def run_training(config: TrainConfig) -> dict:
                  "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if device.startswith("cuda") else None}
         _write_atomically(out / "checkpoint.pt", lambda f: torch.save(state, f))  # the checkpoint is the commit
-        history = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else []
-        history = [m for m in history if m["epoch"] <= epoch] + [metrics]  # a cut-off epoch's line is replaced
+        # A cut-off epoch's line is replaced.
+        history = [m for m in _read_history(out / "metrics.json") if m["epoch"] <= epoch] + [metrics]
         _write_atomically(out / "metrics.json", lambda f: f.write(json.dumps(history, indent=1).encode()))
     return metrics
 
@@ -321,16 +324,88 @@ def _differences(a, b, prefix: str = "") -> list[str]:
 
 def _saved_run(out: Path, config: TrainConfig) -> dict | None:
     """The checkpoint to resume from when OUTPUT_DIR holds this run (the same resolved config, the
-    progress bar aside); None when it holds no checkpoint; an error when it holds another run."""
+    progress bar aside); None when it holds no checkpoint; an error when it holds another run, and
+    a `DamagedOutputError` naming the file when its config.yaml or checkpoint.pt cannot be read."""
     file = out / "checkpoint.pt"
     if not file.is_file():
         return None
-    saved = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
+    saved = _read_saved_config(out / "config.yaml") if (out / "config.yaml").is_file() else {}
     differ = [d for d in _differences(saved, config_lib.to_dict(config)) if d != "progress"]
     if differ:
         raise ConfigError(f"{out} holds another run (its config differs in {', '.join(differ[:4])}"
                           f"{', ...' if len(differ) > 4 else ''}): set another output_dir, or remove that one")
-    return torch.load(file, map_location="cpu", weights_only=True)
+    return read_checkpoint(file, resume=True)
+
+
+# What a checkpoint holds (`run_training` saves it): for `tvr eval`, and also to resume a run.
+_EVAL_KEYS = {"head": dict, "epoch": int, "versions": dict, "text_encoder": (dict, type(None))}
+_RESUME_KEYS = {"step": int, "metrics": dict, "optimizer": dict, "rng": torch.Tensor, "cuda_rng": (list, type(None))}
+_REMEDY = "restore it, or remove it and train again"
+
+
+def read_checkpoint(file: Path, resume: bool = False) -> dict:
+    """A saved checkpoint, checked to hold what evaluating it (and with `resume`, going on from
+    it) reads, with the types it reads them as; a `DamagedOutputError` naming the file if not."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a zip, a pickle weights_only refuses: all a damaged file
+        raise DamagedOutputError(f"{file} is not a readable checkpoint ({_first_line(exc)}): {_REMEDY}") from exc
+    if not isinstance(state, dict):
+        raise DamagedOutputError(f"{file} is damaged: it holds a {type(state).__name__}, not a checkpoint: {_REMEDY}")
+    for key, kind in {**_EVAL_KEYS, **(_RESUME_KEYS if resume else {})}.items():
+        if key not in state:
+            raise DamagedOutputError(f"{file} is damaged: it has no {key!r}: {_REMEDY}")
+        value = state[key]
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+            raise DamagedOutputError(f"{file} is damaged: its {key!r} is {value!r:.60}: {_REMEDY}")
+    if resume and state["epoch"] > 0:
+        try:  # a finished run's resume returns these metrics as they are: they must print
+            float(state["metrics"]["loss"]), format_metrics(state["metrics"])
+        except Exception as exc:
+            raise DamagedOutputError(f"{file} is damaged: its metrics are not an epoch's ({_first_line(exc)}): "
+                                     f"{_REMEDY}") from exc
+    return state
+
+
+@contextlib.contextmanager
+def _restoring(file: Path):
+    """Loading a checkpoint's state into the model, optimiser and random generators: a state that
+    does not fit them (other shapes, other parameter groups, a bad generator state) is a damaged
+    checkpoint, reported in one line naming it."""
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise DamagedOutputError(f"{file} does not fit this config's model ({_first_line(exc)}): {_REMEDY}") from exc
+
+
+def _read_saved_config(path: Path) -> dict:
+    """A training output's config.yaml as a mapping; a `DamagedOutputError` when it is not one."""
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise DamagedOutputError(f"{path} is not valid YAML ({_first_line(exc)}): {_REMEDY}") from exc
+    if not isinstance(saved, dict):
+        raise DamagedOutputError(f"{path} is damaged: it holds a {type(saved).__name__}, not a config: {_REMEDY}")
+    return saved
+
+
+def _read_history(path: Path) -> list[dict]:
+    """metrics.json's epochs (none if there is no file); a `DamagedOutputError` if it is not a list of them."""
+    if not path.exists():
+        return []
+    try:
+        history = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedOutputError(f"{path} is not valid JSON ({_first_line(exc)}): {_REMEDY}") from exc
+    if not isinstance(history, list) or not all(isinstance(m, dict) and isinstance(m.get("epoch"), int)
+                                                for m in history):
+        raise DamagedOutputError(f"{path} is damaged: not a list of epochs' metrics: {_REMEDY}")
+    return history
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def evaluate_checkpoint(path: str | Path) -> dict:
@@ -342,16 +417,23 @@ def evaluate_checkpoint(path: str | Path) -> dict:
     file = path / "checkpoint.pt" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no checkpoint at {file}")
-    config = config_lib.load(TrainConfig, file.parent / "config.yaml")
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    saved_config = file.parent / "config.yaml"
+    if not saved_config.is_file():
+        raise DamagedOutputError(f"{saved_config} is missing: {file.name} is evaluated with the config saved beside it")
+    try:
+        config = config_lib.build(TrainConfig, _read_saved_config(saved_config))
+    except ConfigError as exc:  # saved by the run: not the user's typing, but a damaged or foreign file
+        raise DamagedOutputError(f"{saved_config} is not a training config ({exc}): {_REMEDY}") from exc
+    state = read_checkpoint(file)
     seed_everything(config.seed)
     train, test, checkpoint = load_splits(config.data)
     if state["versions"] != checkpoint["versions"]:
         log.warning("%s was trained on %s; the data now reads %s: the metrics will differ from the ones recorded",
                     file, state["versions"], checkpoint["versions"])
     encoder = TextEncoder(checkpoint, resolve_device(config.device), trainable=False)
-    if state["text_encoder"] is not None:
-        encoder.model.load_state_dict(state["text_encoder"])
     head = build_head(config.model, encoder.dim, config.data.num_frames, config.data.tags).to(encoder.device)
-    head.load_state_dict(state["head"])
+    with _restoring(file):
+        if state["text_encoder"] is not None:
+            encoder.model.load_state_dict(state["text_encoder"])
+        head.load_state_dict(state["head"])
     return {"epoch": state["epoch"], **evaluate(head, encoder, train, test, config)}

@@ -122,9 +122,9 @@ def test_csv_field_over_the_limit(tmp_path):
     row = f'B2,S,Hall,,,Yes,s,,"{huge}",,1\n'
     content = (CHARADES_HEADER + "A1,S,Hall,,,Yes,s,,c,,1\n" + row).encode()
     annotations, bad = release_with(tmp_path, "charades", "Charades_v1_train.csv", content)
-    assert error_of(tmp_path, "charades", annotations) == (
-        f"{bad} line 3: a field in the row starting here is longer than 131072 characters; "
-        "look for a quote that is opened and never closed"
+    assert error_of(tmp_path, "charades", annotations) == (  # quoted, but closed on the same line
+        f"{bad} line 3: a field is larger than the CSV field limit (131072 characters) on this one line; "
+        "no annotation field is that long: check that this is the right file"
     )
 
 
@@ -132,8 +132,11 @@ def test_quote_never_closed_names_the_line_where_the_row_starts(tmp_path):
     lines = "".join(f"v{i},,caption {i} of a long file\n" for i in range(10_000))
     content = (GENERIC_HEADER.decode() + 'v0,,"opened here\n' + lines).encode()
     annotations, bad = release_with(tmp_path, "generic", "m.csv", content)
-    assert error_of(tmp_path, "generic", annotations).startswith(
-        f"{bad} line 2: a field in the row starting here is longer than 131072 characters"
+    message = error_of(tmp_path, "generic", annotations)
+    # 131072 characters of these rows end on line 3811: where the reader gave up, still inside the quote.
+    assert message == (
+        f"{bad} line 2: a field is larger than the CSV field limit (131072 characters) and is still open on "
+        "line 3811; look for a quote opened on line 2 and never closed"
     )
 
 
@@ -256,3 +259,24 @@ def test_msrvtt_train_list_with_garbage_after_good_rows(tmp_path):
     bad = annotations / "MSRVTT_train.9k.csv"
     bad.write_bytes(b"video_id\nvideo0\n" + GARBAGE)
     assert error_of(tmp_path, "msrvtt", annotations).startswith(f"{bad} line 3, column 1: not UTF-8 text")
+
+
+# ---- a malformed JSFUSION test row ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("row", "shown"),
+    [
+        ("ret1,msr3,video3\n", "'sentence': None"),  # a short row: no sentence column at all
+        ('ret1,msr3,,"a man talks"\n', "'video_id': ''"),  # a test caption of no video
+        ('ret1,msr3,"  ","a man talks"\n', "'video_id': '  '"),
+    ],
+)
+def test_msrvtt_malformed_jsfusion_row_names_its_line(tmp_path, row, shown):
+    good = 'ret0,msr2,video2,"a man, in a car, talks"\n'
+    annotations = msrvtt_annotations(tmp_path / "ann", jsfusion_rows=good + row)
+    message = error_of(tmp_path, "msrvtt", annotations)
+    assert message.startswith(
+        f"{annotations / 'MSRVTT_JSFUSION_test.csv'} line 3: expected key,vid_key,video_id,sentence, got {{"
+    ), message
+    assert shown in message
