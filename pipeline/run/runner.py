@@ -45,12 +45,13 @@ from pipeline.store.lease import Lease
 from pipeline.store.schema import SCHEMA_VERSION
 from pipeline.store.storage import StorageError, Store
 from pipeline.store.version import (
+    DamagedOutputError,
     InputNotReadyError,
     Version,
-    content_hash,
     latest_pointer,
     now,
     provenance_metadata,
+    version_of,
 )
 
 log = logging.getLogger(__name__)
@@ -143,14 +144,14 @@ def _decisive_config(config: Any) -> dict[str, Any]:
 
 
 def stage_version(stage: Stage, config: Any, inputs: dict[str, Version]) -> str:
-    return content_hash(stage_identity(stage, config, inputs))
+    return version_of(stage_identity(stage, config, inputs))
 
 
 def run_stage(
     store: Store, stage: Stage, config: Any, inputs: dict[str, Version], runner: RunnerConfig
 ) -> StageResult:
     identity = stage_identity(stage, config, inputs)
-    version = content_hash(identity)
+    version = version_of(identity)
     output = Version(store, stage.name, version)
     manifest = output.manifest()
     if manifest is not None and manifest.get("complete"):
@@ -173,10 +174,12 @@ def run_stage(
             output.write_plan(items.column(stage.key).combine_chunks(), manifest["rows_per_shard"], manifest)
             output.write_manifest(manifest)
         elif manifest["num_items"] != items.num_rows:
-            raise RuntimeError(
-                f"{stage.name} {version}: the recorded plan has {manifest['num_items']} items but the "
-                f"inputs now give {items.num_rows}; the upstream output changed under the same version"
-            )
+            raise DamagedOutputError(
+                f"{store.path(output.manifest_path)}: the recorded plan has {manifest['num_items']} items but "
+                f"the inputs now give {items.num_rows} (the record was edited, or the upstream output changed "
+                f"under the same version); {output.repair_hint()}")
+        elif not output.has_plan():  # removed by `tvr verify --repair` as damaged: the same items, planned again
+            output.write_plan(items.column(stage.key).combine_chunks(), manifest["rows_per_shard"], manifest)
         output.recover()
         committed = output.commits()
         size = manifest["rows_per_shard"]  # the plan's, whatever the run settings say now

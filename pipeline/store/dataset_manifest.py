@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,16 @@ import pyarrow as pa
 
 from pipeline.store.schema import CAPTIONS, FAILURES, MANIFEST_PROBLEMS, SCHEMA_VERSION, VIDEOS
 from pipeline.store.storage import Store
-from pipeline.store.version import InputNotReadyError, Version, latest, now, provenance_metadata, versions
+from pipeline.store.version import (
+    DamagedOutputError,
+    InputNotReadyError,
+    Version,
+    latest,
+    now,
+    provenance_metadata,
+    version_of,
+    versions,
+)
 
 # name -> (schema, item key or None when rows are not items)
 TABLES = {"videos": (VIDEOS, "video_id"), "captions": (CAPTIONS, "caption_id"), "manifest": (MANIFEST_PROBLEMS, None)}
@@ -66,17 +76,31 @@ def manifest_record(store: Store, version: str) -> tuple[str, dict]:
         if found is None:
             raise InputNotReadyError(f"{store.root} has no complete manifest; run `tvr manifest` first")
         version = found.version
-    record = Version(store, "manifest", version).manifest()
+    output = Version(store, "manifest", version)
+    record = output.manifest()
     if record is None or not record.get("complete"):
         known = ", ".join(v.version for v in versions(store, "manifest")) or "none"
         raise InputNotReadyError(f"{store.root} has no complete manifest {version} (manifests there: {known})")
+    for name in ("videos", "captions"):
+        # The record's check hashed its identity to its version and held the links to it; a record
+        # without links is not a manifest's.
+        linked = record.get(name)
+        if not isinstance(linked, str) or not re.fullmatch(r"[0-9a-f]{12}", linked) or \
+                record["identity"].get(name) != linked:
+            problem = f"it links no {name} version ({linked!r})"
+            raise DamagedOutputError(f"{store.path(output.manifest_path)}: {problem}; write the manifest again "
+                                     f"with `tvr manifest`", problem)
     return version, record
 
 
 def read_dataset_manifest(store: Store, version: str, video_root: str | None = None) -> ManifestOutputs:
     """An existing manifest (a version, or "latest"); the video root defaults to the recorded one."""
     version, record = manifest_record(store, version)
-    videos = Version(store, "videos", record["videos"]).manifest() or {}
+    for name in ("videos", "captions"):
+        if not Version(store, name, record[name]).is_complete():
+            raise InputNotReadyError(f"manifest {version} links {name} {record[name]}, which is not complete in "
+                                     f"{store.root}; write the manifest again with `tvr manifest`")
+    videos = Version(store, "videos", record["videos"]).manifest()
     root = os.path.abspath(video_root) if video_root else videos.get("root")
     if not root or not os.path.isdir(root):
         raise InputNotReadyError(
@@ -88,20 +112,30 @@ def read_dataset_manifest(store: Store, version: str, video_root: str | None = N
 
 def _write_table(store: Store, stage: str, table: pa.Table, record_extra: dict[str, Any],
                  identity_extra: dict[str, Any] | None = None) -> Version:
+    """Write one table as a one-shard version, or find it written. The version hashes the rows and
+    `identity_extra` (the manifest's links), so two datasets never share one; `record_extra`
+    beyond the identity is provenance (where the videos and annotations were), which a later
+    write may update."""
     schema, key = TABLES[stage]
     table = table.cast(schema)
     identity = {"stage": stage, "schema_version": SCHEMA_VERSION, "content_sha256": _table_sha256(table),
                 **(identity_extra or {})}
-    version = identity["content_sha256"][:12]
+    version = version_of(identity)
     output = Version(store, stage, version)
+    provenance = {name: value for name, value in record_extra.items() if name not in identity}
     with output.lease(wait_seconds=120):  # a twin driver writes the same bytes: wait
+        # A record that is there went through Version's check: its identity (links included)
+        # hashes to this folder's name, so it is the one we would write; only provenance moves.
         manifest = output.manifest()
         if manifest is not None and manifest.get("complete"):
             output.check_committed(manifest)
-            if any(manifest.get(k) != v for k, v in record_extra.items()):  # provenance only: where it was seen
-                output.write_manifest({**manifest, **record_extra})
+            if any(manifest.get(k) != v for k, v in provenance.items()):
+                output.write_manifest({**manifest, **provenance})
             output.mark_latest()
             return output
+        for shard in {0, *output.record_names()}:  # one shard, cheap to write again: nothing stale stays
+            output.withdraw(shard)
+        output.recover()  # and nothing uncommitted (staging, temporaries)
         manifest = {"stage": stage, "version": version, "identity": identity, "key": key, "created": now(),
                     "num_items": table.num_rows, "rows_per_shard": max(1, table.num_rows), "num_shards": 1,
                     "complete": False, **record_extra}
@@ -111,6 +145,7 @@ def _write_table(store: Store, stage: str, table: pa.Table, record_extra: dict[s
         metadata = provenance_metadata({**identity, "version": version}, {})
         files = output.stage_shard(0, table, FAILURES.empty_table(), metadata)
         output.commit_shard(0, files)
+        output.clear_staging()  # the emptied attempt folder
         output.write_manifest({**manifest, "complete": True, "finished": now(), "rows": table.num_rows,
                                "failures": 0})
     output.mark_latest()

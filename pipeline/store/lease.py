@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -101,14 +102,20 @@ class Lease:
                 f"without committing more (raise runner.lease_seconds if the driver was paused)")
 
     def holder(self) -> dict[str, Any] | None:
+        """The lease on disk; one that is unreadable or lacks a heartbeat counts as expired."""
         try:
-            return json.loads(self.store.read_bytes(self.path))
+            holder = json.loads(self.store.read_bytes(self.path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
-            # Half-written by a driver that died mid-write (object stores) or garbage: no live
-            # owner can be named, so it counts as expired.
+            holder = None
+        # Half-written by a driver that died mid-write (object stores) or garbage: no live owner
+        # can be named, so it counts as expired.
+        if not isinstance(holder, dict) or not all(
+                isinstance(holder.get(name, 0), (int, float)) and not isinstance(holder.get(name), bool)
+                and math.isfinite(holder.get(name, 0)) for name in ("heartbeat", "ttl_seconds")):
             return {"owner": "unreadable lease", "heartbeat": 0}
+        return holder
 
     # ---- internals -----------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ CAPTIONS = pa.schema(
 )
 
 # One row per thing in the annotations that needs a researcher's attention.
-# problem: missing_video | ambiguous_video | duplicate_video_id | duplicate_caption_id |
+# problem: missing_video | not_a_file | ambiguous_video | duplicate_video_id | duplicate_caption_id |
 #          path_outside_root
 MANIFEST_PROBLEMS = pa.schema(
     [

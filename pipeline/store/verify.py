@@ -7,8 +7,13 @@ version folders (uncommitted parts, leftover staging, folders without a record).
 live driver is writing (its lease is fresh) is checked only for what it has committed.
 
 `--repair` withdraws what is bad, so the next run recomputes only that: a bad shard loses its
-record and files and its version is marked partial; a damaged `_manifest.json` is rebuilt from
-`_plan.parquet`; stray files are removed; LATEST is re-pointed at the newest complete version.
+record and files and its version is marked partial; a damaged `_manifest.json` (unreadable, a
+field missing or mistyped, an identity that does not hash to its folder's name, a plan that
+differs from `_plan.parquet`'s copy) is rebuilt from that copy, and the version is removed only
+when there is no copy to rebuild it from; a damaged or missing `_plan.parquet` is removed and its
+version marked partial, so the next run writes the plan again from its inputs and recomputes
+nothing committed; stray files (leftover staging folders included) are removed; LATEST is
+re-pointed at the newest complete version.
 
 The caller says which stages it knows and the schema each declares (`schemas`; the CLI passes
 every stage's and the manifest's); a stage whose schema follows from its config (a model's
@@ -29,6 +34,7 @@ from pipeline.config import ConfigError
 from pipeline.store.schema import FAILURES
 from pipeline.store.storage import Store
 from pipeline.store.version import (
+    STAGING_DIR,
     DamagedOutputError,
     Version,
     failure_versions,
@@ -68,7 +74,8 @@ class Report:
         return not self.findings
 
     def render(self) -> str:
-        lines = [f"{self.root}/{f.path}: {f.problem}" for f in self.findings]
+        # One line per finding, whatever a library's message held (pyarrow's end in a newline).
+        lines = [" ".join(f"{self.root}/{f.path}: {f.problem}".split()) for f in self.findings]
         lines += [f"repaired: {line}" for line in self.repaired]
         lines += [f"in progress (lease held, only committed shards checked): {v}" for v in self.in_progress]
         verdict = "OK" if self.ok else f"{len(self.findings)} problem(s)"
@@ -111,7 +118,7 @@ def _verify_version(version: Version, report: Report, repair: bool, schema: pa.S
     try:
         manifest = version.manifest()
     except DamagedOutputError as exc:
-        report.findings.append(Finding(stage, version.version, version.manifest_path, f"damaged ({exc.__cause__})"))
+        report.findings.append(Finding(stage, version.version, version.manifest_path, f"damaged ({exc.problem})"))
         manifest = _rebuild_manifest(version, report) if repair else None
         if manifest is None:
             if repair:  # nothing to rebuild it from (the manifest's problems table): a rerun rewrites it
@@ -128,7 +135,7 @@ def _verify_version(version: Version, report: Report, repair: bool, schema: pa.S
     report.versions += 1
     if in_progress:
         report.in_progress.append(folder)
-    plan = _plan_by_shard(version, manifest, report)
+    plan, plan_bad, manifest = _check_plan(version, manifest, report, repair)
     records = _read_records(version, report, repair)
     expected_schema = schema if schema is not None else _agreed_schema(version, records)
     bad_shards = set()
@@ -141,21 +148,75 @@ def _verify_version(version: Version, report: Report, repair: bool, schema: pa.S
             report.findings.append(Finding(stage, version.version, path, what, shard))
             bad_shards.add(shard)
     missing = [s for s in range(manifest["num_shards"]) if s not in records]
-    if manifest.get("complete") and missing:
+    wrong_totals = False
+    if manifest["complete"] and missing:
         report.findings.append(Finding(stage, version.version, folder,
                                        f"marked complete but shard(s) {missing[:10]} have no commit record"))
+    elif manifest["complete"]:
+        totals = (sum(r["rows"] for r in records.values()), sum(r["failures"] for r in records.values()))
+        if totals != (manifest["rows"], manifest["failures"]):
+            wrong_totals = True
+            report.findings.append(Finding(
+                stage, version.version, version.manifest_path,
+                f"says {manifest['rows']} rows and {manifest['failures']} failures, its commit records "
+                f"{totals[0]} and {totals[1]}"))
     if not in_progress:
         for path in version.stray_files(records):
-            _stray(store, report, repair, stage, version.version, path, "not committed (a stray file)")
-    if repair and (bad_shards or (manifest.get("complete") and missing)):
+            what = "a stray folder" if path.endswith(f"/{STAGING_DIR}") else "a stray file"
+            _stray(store, report, repair, stage, version.version, path, f"not committed ({what})")
+        if repair:
+            version.clear_staging()  # the attempt folders that held the stray parts
+    if repair and (bad_shards or plan_bad or wrong_totals or (manifest["complete"] and missing)):
         for shard in sorted(bad_shards):
             version.withdraw(shard)
             report.repaired.append(f"withdrew shard {shard} of {folder}; the next run recomputes it")
-        if manifest.get("complete"):
-            for key in ("complete", "finished", "rows", "failures"):
-                manifest.pop(key, None)
-            version.write_manifest({**manifest, "complete": False})
-            report.repaired.append(f"marked {folder} partial")
+        if plan_bad and version.has_plan():
+            store.delete(version.plan_path)
+            report.repaired.append(f"removed {version.plan_path}; the next run writes it again from its inputs")
+        if manifest["complete"]:
+            _mark_partial(version, manifest, report)
+
+
+def _mark_partial(version: Version, manifest: dict, report: Report) -> None:
+    """The next run finishes the version again: it recomputes only shards without a record."""
+    manifest = {k: v for k, v in manifest.items() if k not in ("finished", "rows", "failures")}
+    version.write_manifest({**manifest, "complete": False})
+    report.repaired.append(f"marked {version.path} partial")
+
+
+# What the plan's copy of the record fixed when the version was planned; a record that differs
+# from it there was edited (its identity is already checked against the folder's name).
+PLANNED = ("key", "num_items", "rows_per_shard", "num_shards")
+
+
+def _check_plan(version: Version, manifest: dict, report: Report,
+                repair: bool) -> tuple[dict | None, bool, dict]:
+    """The plan's items by shard (None when there is none to check against); whether the plan is
+    missing or damaged (the next run writes it again, repair removes a damaged one); and the
+    record, rebuilt from the plan's copy when it disagrees with it on the plan (repairing)."""
+    if manifest.get("key") is None:
+        return None, False, manifest
+    if not version.has_plan():
+        if not manifest["complete"]:  # removed by a repair: the next run writes it again before it commits
+            return None, False, manifest
+        report.findings.append(Finding(version.stage, version.version, version.plan_path, "item plan is missing"))
+        return None, True, manifest
+    try:
+        table, copy = version.read_plan()
+    except DamagedOutputError as exc:
+        report.findings.append(Finding(version.stage, version.version, version.plan_path, exc.problem))
+        return None, True, manifest
+    differing = [name for name in PLANNED if manifest.get(name) != copy.get(name)]
+    if differing:
+        report.findings.append(Finding(
+            version.stage, version.version, version.manifest_path,
+            f"differs from the copy in {version.plan_path} on {', '.join(differing)} (edited)"))
+        if repair:
+            manifest = _rebuild_manifest(version, report)
+    plan: dict[int, list[str]] = {}
+    for item, shard in zip(table.column("item_id").to_pylist(), table.column("shard").to_pylist()):
+        plan.setdefault(shard, []).append(item)
+    return plan, False, manifest
 
 
 def _shard_problem(version: Version, record: dict[str, Any], key: str | None, plan: dict[int, list[str]] | None,
@@ -185,34 +246,13 @@ def _shard_problem(version: Version, record: dict[str, Any], key: str | None, pl
     return None
 
 
-def _plan_by_shard(version: Version, manifest: dict, report: Report) -> dict | None:
-    if manifest.get("key") is None:
-        return None
-    if not version.has_plan():
-        report.findings.append(Finding(version.stage, version.version, version.plan_path, "item plan is missing"))
-        return None
-    try:
-        table, _ = version.read_plan()
-    except DamagedOutputError as exc:
-        report.findings.append(Finding(version.stage, version.version, version.plan_path, str(exc)))
-        return None
-    plan: dict[int, list[str]] = {}
-    for item, shard in zip(table.column("item_id").to_pylist(), table.column("shard").to_pylist()):
-        plan.setdefault(shard, []).append(item)
-    if len(table) != manifest["num_items"]:
-        report.findings.append(Finding(version.stage, version.version, version.plan_path,
-                                       f"plans {len(table)} items, the manifest says {manifest['num_items']}"))
-    return plan
-
-
 def _read_records(version: Version, report: Report, repair: bool) -> dict[int, dict]:
     records = {}
     for shard in version.record_names():
         try:
             records[shard] = version.read_record(shard)
-        except ValueError as exc:
-            report.findings.append(Finding(version.stage, version.version, version.record_path(shard),
-                                           f"damaged commit record ({exc})"))
+        except DamagedOutputError as exc:
+            report.findings.append(Finding(version.stage, version.version, version.record_path(shard), exc.problem))
             if repair:  # unreadable: its files cannot be trusted either
                 version.withdraw(shard)
                 report.repaired.append(f"withdrew shard {shard} of {version.path}; the next run recomputes it")

@@ -36,12 +36,14 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import re
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
@@ -63,7 +65,13 @@ RECORD_NAME = re.compile(r"part-(\d{5,})\.json")
 
 
 class DamagedOutputError(RuntimeError):
-    """A file of a committed output is missing, truncated or unreadable; the message names it."""
+    """A file of a committed output is missing, truncated or unreadable; the message names it.
+
+    `problem` says what is wrong without the path (for `tvr verify`, which lists paths itself)."""
+
+    def __init__(self, message: str, problem: str | None = None):
+        super().__init__(message)
+        self.problem = problem or message
 
 
 class InputNotReadyError(RuntimeError):
@@ -71,8 +79,23 @@ class InputNotReadyError(RuntimeError):
 
 
 def content_hash(data: Any, length: int = 12) -> str:
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    # Hashed as its JSON reads back (non-string keys become strings first, then sort), so an
+    # identity recorded in `_manifest.json` hashes to the same version it was computed as.
+    canonical = json.loads(json.dumps(data, default=str))
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+# The identity of a table versioned by its rows alone (the manifest's videos and captions).
+_ROWS_ONLY = {"stage", "schema_version", "content_sha256"}
+
+
+def version_of(identity: dict[str, Any]) -> str:
+    """The version an identity gives: the short hash of all of it. A table versioned by its rows
+    alone keeps its row hash's prefix as version (the versions every stage reading it builds on)."""
+    if set(identity) == _ROWS_ONLY and isinstance(identity["content_sha256"], str):
+        return identity["content_sha256"][:12]
+    return content_hash(identity)
 
 
 def now() -> str:
@@ -140,25 +163,64 @@ class Version:
     # ---- the record (_manifest.json) and LATEST ---------------------------------------------------
 
     def manifest(self) -> dict[str, Any] | None:
-        """The version's record, None when there is none; a damaged one is an error naming the file."""
+        """The version's record, None when there is none; a damaged one (unreadable, a field
+        missing or of the wrong type, an identity that does not hash to this version) is an error
+        naming the file."""
         if not self.store.exists(self.manifest_path):
             return None
-        path = self.store.path(self.manifest_path)
         try:
             manifest = json.loads(self.store.read_bytes(self.manifest_path).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DamagedOutputError(
-                f"{path} is damaged ({exc}); `tvr verify {self.store.root} --stage {self.stage} --repair` "
-                f"rebuilds it") from exc
-        if not isinstance(manifest, dict) or manifest.get("version") != self.version:
-            raise DamagedOutputError(
-                f"{path} is not the record of version {self.version}; "
-                f"`tvr verify {self.store.root} --stage {self.stage} --repair` rebuilds it")
+            raise self._damaged_manifest(str(exc)) from exc
+        problem = self.manifest_problem(manifest)
+        if problem:
+            raise self._damaged_manifest(problem)
         return manifest
 
+    def _damaged_manifest(self, problem: str) -> DamagedOutputError:
+        problem = _one_line(problem)
+        return DamagedOutputError(
+            f"{self.store.path(self.manifest_path)} is damaged ({problem}); "
+            f"`tvr verify {self.store.root} --stage {self.stage} --repair` rebuilds it", problem)
+
+    def manifest_problem(self, manifest: Any) -> str | None:
+        """What makes `manifest` no valid record of this version, or None. Every reader and
+        writer of records goes through it, so code past it may index the fields it checks."""
+        if not isinstance(manifest, dict):
+            return f"a JSON {type(manifest).__name__}, not an object"
+        for name, wanted in _RECORD_FIELDS.items():
+            problem = _field_problem(manifest, name, *wanted)
+            if problem:
+                return problem
+        if (manifest["stage"], manifest["version"]) != (self.stage, self.version):
+            return f"it is the record of {manifest['stage']} {manifest['version']}, not of {self.stage} {self.version}"
+        identity = manifest["identity"]
+        if identity.get("stage") != self.stage:
+            return f"its identity names stage {identity.get('stage')!r}"
+        if version_of(identity) != self.version:
+            return f"its identity gives version {version_of(identity)}, not {self.version} (edited, or moved)"
+        for name in sorted(manifest.keys() & identity.keys()):  # e.g. the manifest's videos and captions
+            if manifest[name] != identity[name]:
+                return f"{name} is {manifest[name]!r} but its identity says {identity[name]!r}"
+        shards = max(1, math.ceil(manifest["num_items"] / manifest["rows_per_shard"]))
+        if manifest["num_shards"] != shards:
+            return (f"num_shards is {manifest['num_shards']}, but {manifest['num_items']} items in shards of "
+                    f"{manifest['rows_per_shard']} make {shards}")
+        if manifest["complete"]:
+            for name in ("finished", "rows", "failures"):
+                if name not in manifest:
+                    return f"complete, but {name} is missing"
+            if manifest["rows"] + manifest["failures"] != manifest["num_items"]:
+                return (f"complete with {manifest['rows']} rows and {manifest['failures']} failures, but "
+                        f"{manifest['num_items']} items")
+        return None
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        if (manifest.get("stage"), manifest.get("version")) != (self.stage, self.version):
-            raise ValueError(f"a record of {manifest.get('stage')} {manifest.get('version')} written to {self.path}")
+        """Write the record; one this class would refuse to read (say, links rewritten to point
+        elsewhere than its identity) is a bug of the caller and never reaches the disk."""
+        problem = self.manifest_problem(manifest)
+        if problem:
+            raise ValueError(f"refusing to write {self.manifest_path}: {problem}")
         self.store.write_json(manifest, self.manifest_path)
 
     def is_complete(self) -> bool:
@@ -171,11 +233,14 @@ class Version:
         LATEST means the newest complete version: rerunning an old config (up to date, nothing
         computed) leaves it alone.
         """
-        current = latest(self.store, self.stage)
-        if current is not None and current.version != self.version:
-            theirs = current.manifest() or {}
+        pointed = latest_pointer(self.store, self.stage)
+        if pointed is not None and pointed != self.version:
+            try:
+                theirs = Version(self.store, self.stage, pointed).manifest() or {}
+            except DamagedOutputError:  # not a complete version, so not a newer one (`tvr verify` names it)
+                theirs = {}
             ours = self.manifest() or {}
-            if theirs.get("finished", "") > ours.get("finished", ""):
+            if theirs.get("complete") and theirs.get("finished", "") > ours.get("finished", ""):
                 return
         point_latest(self.store, self.stage, self.version)
 
@@ -197,12 +262,23 @@ class Version:
         return self.store.exists(self.plan_path)
 
     def read_plan(self) -> tuple[pa.Table, dict[str, Any]]:
+        """The plan (item_id, shard) and the copy of the record it carries, both checked."""
         try:
             table = self.store.read_parquet(self.plan_path)
             manifest = json.loads(table.schema.metadata[b"tvr.manifest"])
-        except (OSError, pa.ArrowException, KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise DamagedOutputError(f"{self.store.path(self.plan_path)}: damaged item plan ({exc})") from exc
+        except (OSError, pa.ArrowException, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._damaged_plan(str(exc)) from exc
+        problem = self.manifest_problem(manifest)
+        if problem:
+            raise self._damaged_plan(f"its copy of the record: {problem}")
+        problem = _plan_problem(table, manifest)
+        if problem:
+            raise self._damaged_plan(problem)
         return table, manifest
+
+    def _damaged_plan(self, problem: str) -> DamagedOutputError:
+        problem = f"damaged item plan ({_one_line(problem)})"
+        return DamagedOutputError(f"{self.store.path(self.plan_path)}: {problem}; {self.repair_hint()}", problem)
 
     # ---- committing shards ------------------------------------------------------------------------
 
@@ -256,25 +332,58 @@ class Version:
         return names
 
     def read_record(self, shard: int) -> dict[str, Any]:
-        """One commit record; ValueError when it is not a record of that shard."""
+        """One commit record, checked field by field; a damaged one is an error naming it."""
         try:
             record = json.loads(self.store.read_bytes(self.record_path(shard)).decode("utf-8"))
-            if int(record["shard"]) != shard:
-                raise ValueError(f"it names shard {record['shard']}")
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(str(exc)) from exc
-        return record
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problem = str(exc)
+        else:
+            problem = self.record_problem(record, shard)
+            if problem is None:
+                return record
+        problem = f"damaged commit record ({_one_line(problem)})"
+        raise DamagedOutputError(f"{self.store.path(self.record_path(shard))}: {problem}; {self.repair_hint()}",
+                                 problem)
+
+    def record_problem(self, record: Any, shard: int) -> str | None:
+        """What makes `record` no valid commit record of `shard`, or None."""
+        if not isinstance(record, dict):
+            return f"a JSON {type(record).__name__}, not an object"
+        for name in ("shard", "items", "rows", "failures"):
+            problem = _field_problem(record, name, int, 0)
+            if problem:
+                return problem
+        if record["shard"] != shard:
+            return f"it names shard {record['shard']}"
+        if record["items"] != record["rows"] + record["failures"]:
+            return f"{record['items']} items, but {record['rows']} rows and {record['failures']} failures"
+        files = record.get("files")
+        if not isinstance(files, list) or len(files) != 2:
+            return "files is not a list of the rows' and the failures' part"
+        name = shard_name(shard)
+        wanted = ((f"{self.path}/{name}", record["rows"]), (f"{self.failures_path}/{name}", record["failures"]))
+        for index, (file, (final, rows)) in enumerate(zip(files, wanted)):
+            if not isinstance(file, dict):
+                return f"files[{index}] is not an object"
+            for field_name, kind, minimum in (("final", str, None), ("staged", str, None), ("bytes", int, 0),
+                                              ("sha256", str, None), ("rows", int, 0)):
+                problem = _field_problem(file, field_name, kind, minimum)
+                if problem:
+                    return f"files[{index}]: {problem}"
+            if file["final"] != final:
+                return f"files[{index}] is {file['final']!r}, not {final!r}"
+            # A record names where its files are moved from: only this version's staging area.
+            if not file["staged"].startswith(f"{self.path}/{STAGING_DIR}/") or ".." in file["staged"].split("/"):
+                return f"files[{index}] is staged at {file['staged']!r}, outside {self.path}/{STAGING_DIR}"
+            if not re.fullmatch(r"[0-9a-f]{64}", file["sha256"]):
+                return f"files[{index}]: sha256 is not a sha256"
+            if file["rows"] != rows:
+                return f"files[{index}] has {file['rows']} rows, the record {rows}"
+        return None
 
     def commits(self) -> dict[int, dict[str, Any]]:
         """Every commit record, by shard number; a damaged one is an error naming it."""
-        records = {}
-        for shard in self.record_names():
-            try:
-                records[shard] = self.read_record(shard)
-            except ValueError as exc:
-                raise DamagedOutputError(f"{self.store.path(self.record_path(shard))}: damaged commit record "
-                                         f"({exc}); {self.repair_hint()}") from exc
-        return records
+        return {shard: self.read_record(shard) for shard in self.record_names()}
 
     def withdraw(self, shard: int) -> None:
         """Un-commit a shard: its files go first, so no reader ever sees a part without a record."""
@@ -343,7 +452,7 @@ class Version:
         try:
             rows = pq.read_metadata(self.store.path(file["final"]), filesystem=self.store.fs).num_rows
         except (OSError, pa.ArrowException) as exc:
-            return f"committed part is not readable Parquet ({exc})"
+            return f"committed part is not readable Parquet ({_one_line(str(exc))})"
         if rows != file["rows"]:
             return f"committed part has {rows} rows, its record says {file['rows']}"
         if deep and self.store.sha256(file["final"]) != file["sha256"]:
@@ -365,8 +474,12 @@ class Version:
         allowed = {self.manifest_path, self.plan_path, f"{self.path}/{LEASE_FILE}"}
         allowed |= {self.record_path(shard) for shard in self.record_names()}
         allowed |= {file["final"] for record in records.values() for file in record["files"]}
-        return [path for folder in (self.path, self.failures_path) for path in self.store.walk_files(folder)
-                if path not in allowed]
+        strays = [path for folder in (self.path, self.failures_path) for path in self.store.walk_files(folder)
+                  if path not in allowed]
+        staging = f"{self.path}/{STAGING_DIR}"
+        if self.store.exists(staging) and not any(path.startswith(staging + "/") for path in strays):
+            strays.append(staging)  # empty attempt folders: nothing in them, but not done either
+        return strays
 
     def holds_files(self) -> bool:
         return bool(self.store.walk_files(self.path))
@@ -504,3 +617,69 @@ def failure_versions(store: Store, stage: str) -> list[Version]:
 
 def _record_name(shard: int) -> str:
     return shard_name(shard).replace(".parquet", ".json")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# A record's fields: name -> (type, minimum or None, required). Others may be there (provenance).
+_RECORD_FIELDS: dict[str, tuple] = {
+    "stage": (str, None, True),
+    "version": (str, None, True),
+    "identity": (dict, None, True),
+    "key": ((str, type(None)), None, True),
+    "created": (str, None, True),
+    "num_items": (int, 0, True),
+    "rows_per_shard": (int, 1, True),
+    "num_shards": (int, 1, True),
+    "complete": (bool, None, True),
+    "finished": (str, None, False),
+    "rows": (int, 0, False),
+    "failures": (int, 0, False),
+    "root": (str, None, False),  # the videos' folder, provenance
+    "source": (dict, None, False),  # where the manifest's annotations were read, provenance
+}
+
+
+def _field_problem(data: dict, name: str, kind, minimum: int | None = None, required: bool = True) -> str | None:
+    if name not in data:
+        return f"{name} is missing" if required else None
+    value = data[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # JSON's true and false are Python ints too; a count or a shard number is never one.
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        return f"{name} is {_json_type(value)}, not {' or '.join(_json_type_name(k) for k in kinds)}"
+    if minimum is not None and value < minimum:
+        return f"{name} is {value}, below {minimum}"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    shown = json.dumps(value, default=str)
+    if value is None or isinstance(value, bool):
+        return shown
+    return f"{_json_type_name(type(value))} {shown[:40]}"
+
+
+def _json_type_name(kind: type) -> str:
+    return {str: "a string", int: "a whole number", float: "a number", bool: "true/false", dict: "an object",
+            list: "a list", type(None): "null"}.get(kind, kind.__name__)
+
+
+def _plan_problem(table: pa.Table, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a plan's columns against the record copy it carries, or None."""
+    if table.schema.names != ["item_id", "shard"]:
+        return f"columns {table.schema.names}, expected ['item_id', 'shard']"
+    if not pa.types.is_string(table.schema.field("item_id").type) or \
+            not pa.types.is_integer(table.schema.field("shard").type):
+        return f"item_id is {table.schema.field('item_id').type} and shard {table.schema.field('shard').type}"
+    if table.column("item_id").null_count or table.column("shard").null_count:
+        return "it has empty item ids or shards"
+    if table.num_rows != manifest["num_items"]:
+        return f"it plans {table.num_rows} items, its record {manifest['num_items']}"
+    if table.num_rows:
+        low, high = pc.min_max(table.column("shard")).values()
+        if low.as_py() < 0 or high.as_py() >= manifest["num_shards"]:
+            return f"shards {low.as_py()}..{high.as_py()}, outside the {manifest['num_shards']} planned"
+    return None

@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -85,6 +86,32 @@ def test_verify_fails_on_a_damaged_part_and_repair_recomputes_only_it(done, dama
         f"v-{i:03d}" for i in range(10) if i not in (2, 7)]
 
 
+def test_a_complete_version_missing_a_record_and_its_part_is_not_up_to_date(done):
+    store, inputs, version = done
+    Version(store, "toy", version).withdraw(1)  # record and parts gone, the record still says complete
+    with pytest.raises(DamagedOutputError, match=r"marked complete but shard\(s\) \[1\] have no commit record"):
+        run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
+    assert main(["verify", store.root, "--repair"]) == 0
+    rerun = run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
+    assert rerun.computed_items == 3 and (rerun.rows, rerun.failures) == (8, 2)
+
+
+@pytest.mark.leaves_damage
+def test_an_unreadable_footer_is_one_line_in_verify(done, capsys):
+    """pyarrow's thrift errors end in a newline; verify's listing keeps one line per finding."""
+    store, _, version = done
+    path = _part(store, version, 1)
+    data = open(path, "rb").read()
+    footer = int.from_bytes(data[-8:-4], "little")  # same size, garbage footer
+    open(path, "wb").write(data[:len(data) - 8 - footer] + bytes(footer) + data[-8:])
+    capsys.readouterr()
+    assert main(["verify", store.root]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}: committed part is not readable Parquet (Couldn't deserialize thrift: TProtocolException: " \
+           f"Invalid data)\n" in out
+    assert all(line.startswith((store.root, "verify ")) for line in out.splitlines()), out
+
+
 def test_garbage_manifest_is_named_and_repair_rebuilds_it(done):
     store, inputs, version = done
     manifest = store.path("toy", version, "_manifest.json")
@@ -114,22 +141,42 @@ def test_stray_and_uncommitted_files_are_found_and_removed(done):
     assert verify_outputs(store.root).ok and not os.path.exists(stray)
 
 
-@pytest.mark.leaves_damage
-def test_a_duplicated_item_is_found(done):
-    """A part whose rows repeat an item of another shard (and match their own record) breaks
-    exactly-once; only the plan shows it."""
-    store, _, version = done
-    path = _part(store, version, 0)
-    table = pq.read_table(path)
-    table = pa.concat_tables([table, table.slice(0, 1)])
+def _rewrite_part(store: Store, version: str, shard: int, table: pa.Table) -> None:
+    """Replace a committed part and make its commit record agree with it (only the plan can tell)."""
+    path = _part(store, version, shard)
     data = parquet_bytes(table.replace_schema_metadata(None))
     open(path, "wb").write(data)
-    record_path = store.path("toy", version, "_commits", "part-00000.json")
+    record_path = store.path("toy", version, "_commits", f"part-{shard:05d}.json")
     record = json.load(open(record_path))
     record["files"][0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), rows=table.num_rows)
+    record["items"] += table.num_rows - record["rows"]
+    record["rows"] = table.num_rows
     json.dump(record, open(record_path, "w"))
+
+
+@pytest.mark.leaves_damage
+def test_a_duplicated_item_is_found(done):
+    """A part whose rows repeat an item (and match their own record) breaks exactly-once; only
+    the plan shows it."""
+    store, _, version = done
+    table = pq.read_table(_part(store, version, 0))
+    _rewrite_part(store, version, 0, pa.concat_tables([table, table.slice(0, 1)]))
     report = verify_outputs(store.root)
-    assert [f.problem for f in report.findings] == ["items not exactly once: repeated ['v-000']"]
+    assert (f"toy/{version}/part-00000.parquet", "items not exactly once: repeated ['v-000']") in [
+        (f.path, f.problem) for f in report.findings]
+
+
+def test_a_lost_item_is_found_and_repair_recomputes_it(done):
+    """A part and its record that agree but lack an item of the plan: only the plan shows it."""
+    store, inputs, version = done
+    table = pq.read_table(_part(store, version, 1))  # v-003, v-004, v-005
+    _rewrite_part(store, version, 1, table.slice(1))
+    report = verify_outputs(store.root)
+    assert (f"toy/{version}/part-00001.parquet", "items not exactly once: lost ['v-003']") in [
+        (f.path, f.problem) for f in report.findings]
+    assert main(["verify", store.root, "--repair"]) == 0
+    rerun = run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
+    assert rerun.computed_items == 3 and (rerun.rows, rerun.failures) == (8, 2)
 
 
 @pytest.mark.leaves_damage
@@ -164,6 +211,20 @@ def test_second_driver_waits_for_the_lease(done):
     waiter.release()
 
 
+def test_a_live_drivers_lease_is_never_taken_over(tmp_path):
+    """The heartbeat keeps a lease held past its ttl for as long as its driver lives."""
+    store = Store.open(str(tmp_path / "out"))
+    live = Version(store, "toy", "v1").lease(ttl_seconds=1)
+    live.acquire()
+    try:
+        time.sleep(2.5)  # longer than the ttl: only the heartbeat (every ttl / 4) keeps it fresh
+        with pytest.raises(LeaseHeldError, match="is being written by"):
+            Version(store, "toy", "v1").lease(ttl_seconds=1).acquire()
+        live.ensure_held()
+    finally:
+        live.release()
+
+
 def test_expired_lease_is_taken_over_and_loser_cannot_commit(done):
     store, inputs, _ = done
     stale = Version(store, "toy", "v1").lease(ttl_seconds=1)
@@ -189,12 +250,41 @@ def test_lease_of_a_dead_local_process_is_taken_over_at_once(done):
     assert result.items == 10 and not store.exists("toy", version, "_lease.json")
 
 
+# Set when a driver first tries to create a lease file (module-level: the store is pickled to Ray).
+LEASE_TRIED = threading.Event()
+
+
+@dataclass(frozen=True)
+class LeaseWatchingStore(Store):
+    def create_exclusive(self, data: bytes, *parts: str) -> bool:
+        if parts and parts[-1].endswith("_lease.json"):
+            LEASE_TRIED.set()
+        return super().create_exclusive(data, *parts)
+
+
 def test_complete_version_is_never_marked_partial_by_a_late_driver(done):
-    """A driver that planned before another finished re-reads under the lease and stops there."""
+    """A driver that saw the version unfinished, then waited for the lease while another driver
+    finished it, re-reads the record under the lease and stops there."""
     store, inputs, version = done
-    before = Version(store, "toy", version).manifest()
-    again = run_stage(store, TOY, ToyConfig(), inputs, RUNNER)
-    assert again.up_to_date and Version(store, "toy", version).manifest() == before
+    output = Version(store, "toy", version)
+    finished = output.manifest()
+    unfinished = {k: v for k, v in finished.items() if k not in ("finished", "rows", "failures")}
+    output.write_manifest({**unfinished, "complete": False})
+    other = output.lease(ttl_seconds=30)
+    other.acquire()  # the driver that is finishing the version
+    LEASE_TRIED.clear()
+    late: dict = {}
+    watching = LeaseWatchingStore(store.fs, store.root)
+    runner = RunnerConfig(rows_per_shard=3, progress=False, lease_wait_seconds=30)
+    driver = threading.Thread(target=lambda: late.update(result=run_stage(watching, TOY, ToyConfig(), inputs,
+                                                                          runner)))
+    driver.start()
+    assert LEASE_TRIED.wait(30)  # the late driver read the version unfinished and now waits for the lease
+    output.write_manifest(finished)
+    other.release()
+    driver.join(60)
+    assert late["result"].up_to_date and late["result"].computed_items == 0
+    assert output.manifest() == finished  # not planned again, not marked partial, not re-finished
 
 
 # ---- write errors ----------------------------------------------------------------------------
