@@ -106,6 +106,13 @@ def test_fps_max_frames_subsamples_uniformly():
     assert selection.indices == [30, 120]  # centres of 2 segments of the 6
 
 
+def test_fps_keeps_a_last_frame_that_falls_on_a_sampling_time():
+    # 31 frames at 30 fps end exactly at t = 1 s, a sampling time at 1 fps.
+    assert choose_frames(Fps(rate=1.0), np.arange(31) / 30, "v").indices == [0, 30]
+    # Stored in milliseconds the last frame reads 0.333, a hair before t = 1/3 s: still that frame.
+    assert choose_frames(Fps(rate=3.0), np.round(np.arange(11) / 30, 3), "v").indices == [0, 10]
+
+
 def test_fps_faster_than_the_video_repeats():
     timestamps = np.arange(10) / 5  # 5 fps, 2 s
     selection = choose_frames(Fps(rate=10.0), timestamps, "v")
@@ -136,10 +143,11 @@ def test_vlm_samples_like_llava_next_video(frame_count, expected):
 
 @pytest.mark.parametrize(
     ("segments", "frame_count", "lo", "hi"),
-    [(12, 120, 50, 60), (64, 640, 310, 320), (12, 1000, 416, 500)],
+    # Segment num_segments // 2 - 1 also for odd counts (docs/decoding.md): the 2nd of 5, the 1st of 3.
+    [(12, 120, 50, 60), (64, 640, 310, 320), (12, 1000, 416, 500), (5, 1000, 200, 400), (3, 300, 0, 100)],
 )
 def test_middle_segment_picks_from_the_middle_segment(segments, frame_count, lo, hi):
-    for video in ("a", "b", "c", "d"):
+    for video in ("a", "b", "c", "d", "e", "f", "g", "h"):
         (index,) = pick(MiddleSegment(num_segments=segments, seed=0), frame_count, video)
         assert lo <= index < hi
 
@@ -149,6 +157,24 @@ def test_middle_segment_is_seeded():
     assert pick(strategy, 12000, "x") == pick(strategy, 12000, "x")
     picks = {pick(MiddleSegment(num_segments=12, seed=s), 12000, "x")[0] for s in range(5)}
     assert len(picks) > 1
+
+
+def test_middle_segment_differs_between_videos():
+    # Seeded per video, not only per run: otherwise every video of a dataset gives the same frame.
+    picks = {pick(MiddleSegment(num_segments=12, seed=0), 12000, video)[0] for video in "abcdef"}
+    assert len(picks) > 1
+
+
+def test_seeded_frames_never_change_between_runs_or_releases():
+    # A resumed or repeated run must pick the frames its earlier shards picked: these are the
+    # frames sha256(f"{seed}\0{video_id}") gives, read little-endian, and must stay so.
+    timestamps = cfr(1000)
+    assert choose_frames(SegmentRandom(num_frames=8, seed=0), timestamps, "video0").indices == [
+        51, 187, 268, 397, 528, 703, 873, 986]
+    assert choose_frames(SegmentRandom(num_frames=8, seed=1), timestamps, "msrvtt/video7010").indices == [
+        17, 226, 373, 401, 507, 692, 804, 929]
+    assert [choose_frames(MiddleSegment(num_segments=12, seed=0), timestamps, v).indices for v in "abc"] == [
+        [418], [484], [441]]
 
 
 def test_middle_segment_short_video():
@@ -208,6 +234,16 @@ def test_disparity_short_video_repeats():
     assert choose_frames(Disparity(num_frames=8), cfr(3), "v", scenes_reader(3, [])).indices == [0] * 8
 
 
+def test_disparity_reads_no_frames_when_the_video_has_no_more_than_asked():
+    # Every frame is kept anyway, so decoding grey candidates would be wasted work.
+    def read_gray_must_not_be_called(indices):
+        raise AssertionError(f"read_gray called for {indices}")
+
+    no_gap = Disparity(num_frames=8, candidate_fps=25.0, min_gap_seconds=0)
+    selection = choose_frames(no_gap, cfr(8), "v", read_gray_must_not_be_called)
+    assert selection.indices == list(range(8)) and not selection.repeated
+
+
 def _gaps(indices: list[int], timestamps: np.ndarray) -> list[float]:
     times = sorted(set(float(timestamps[i]) for i in indices))
     return [b - a for a, b in zip(times, times[1:])]
@@ -231,8 +267,37 @@ def test_disparity_too_short_for_the_gap_repeats_instead():
     assert len(set(selection.indices)) == 3 and min(_gaps(selection.indices, timestamps)) >= 0.5 - 1e-9
 
 
+def test_disparity_keeps_the_earliest_of_equally_strong_cuts():
+    # Three cuts of the same strength in 20 s, room for two after the first frame: the earlier
+    # two are kept, whatever order NumPy's default (unstable) sort would give the tie.
+    strategy = Disparity(num_frames=3, candidate_fps=2.0, min_gap_seconds=0.5)
+    read_gray = scenes_reader(200, [52, 102, 152])
+    assert choose_frames(strategy, np.arange(200) / 10, "v", read_gray).indices == [0, 55, 105]
+
+
+def test_disparity_fills_the_rest_with_the_frames_farthest_from_those_kept():
+    # 4 s at 25 fps, no cut, room for 5 frames 1 s apart: the first frame; the uniform centres
+    # 1.2 s and 2.8 s (the others are too close); then the last frame, 3.96 s, the farthest from
+    # those. Nothing else is 1 s from all four, so one of them repeats.
+    strategy = Disparity(num_frames=5, candidate_fps=5.0, min_gap_seconds=1.0)
+    selection = choose_frames(strategy, cfr(100), "v", scenes_reader(100, []))
+    assert selection.indices == [0, 30, 70, 70, 99] and selection.repeated
+
+
+def test_disparity_gap_allows_timestamps_half_a_millisecond_short():
+    # Timestamps stored in milliseconds come up to 0.5 ms early (the same slack as Fps): a cut
+    # at 0.4995 s is min_gap_seconds = 0.5 after the first frame, and is kept.
+    timestamps = np.array([0.0, 0.4995, 1.0, 1.5])
+    strategy = Disparity(num_frames=2, candidate_fps=2.0, min_gap_seconds=0.5)
+    assert choose_frames(strategy, timestamps, "v", scenes_reader(4, [1])).indices == [0, 1]
+    # A 1 s clip whose last frame reads 0.9995 holds two frames 1 s apart: the first and the last.
+    timestamps = np.array([0.0, 0.25, 0.5, 0.75, 0.9995])
+    strategy = Disparity(num_frames=2, candidate_fps=4.0, min_gap_seconds=1.0)
+    assert choose_frames(strategy, timestamps, "v", scenes_reader(5, [])).indices == [0, 4]
+
+
 def test_disparity_needs_frames():
-    with pytest.raises(ValueError, match="read_gray"):
+    with pytest.raises(ValueError, match="^Disparity sampling needs read_gray"):
         choose_frames(Disparity(), cfr(100), "v")
 
 
@@ -260,9 +325,15 @@ def test_disparity_finds_the_cuts_of_a_real_video(scene_clip, backend):
     [Uniform(), SegmentRandom(), Fps(), Vlm(), MiddleSegment(), Disparity()],
 )
 def test_no_frames_is_a_decode_error(strategy):
-    with pytest.raises(VideoError) as caught:
+    with pytest.raises(VideoError, match="^decode_error: the video has no frames to sample$") as caught:
         choose_frames(strategy, np.array([]), "v", read_gray=lambda i: np.zeros((len(i), 2, 2)))
     assert caught.value.reason == "decode_error"
+
+
+def test_a_config_that_is_not_a_strategy_is_refused_by_name():
+    # E.g. the YAML mapping passed on without the config loader: a TypeError naming it, not a crash later.
+    with pytest.raises(TypeError, match="^unknown sampling strategy: {'strategy': 'uniform'"):
+        choose_frames({"strategy": "uniform", "num_frames": 8}, cfr(10), "v")
 
 
 def test_strategies_are_named_by_their_first_field():
@@ -289,6 +360,20 @@ def test_bad_parameters_are_refused(make):
         make()
 
 
+def test_a_strategy_named_wrong_says_which_name_it_needs():
+    with pytest.raises(ValueError, match="^strategy must be 'uniform', got 'fps'$"):
+        Uniform(strategy="fps")
+
+
 def test_parameters_are_keyword_only():
     with pytest.raises(TypeError):
         Uniform(8)  # would silently set `strategy` if positional
+
+
+def test_disparity_keeps_a_cut_in_a_video_with_no_more_frames_than_asked():
+    # 10 frames at 10 fps, a cut at frame 7, room for frames 0.5 s apart: the cut is a change
+    # point and comes before the uniform frames, as in a longer video.
+    strategy = Disparity(num_frames=10, candidate_fps=10.0, min_gap_seconds=0.5)
+    for frames in (10, 11):
+        selection = choose_frames(strategy, np.arange(frames) / 10, "v", scenes_reader(frames, [7]))
+        assert sorted(set(selection.indices)) == [0, 7] and selection.repeated, frames

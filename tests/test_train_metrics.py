@@ -126,8 +126,40 @@ def test_bad_inputs_raise_with_a_message():
         retrieval_metrics(np.zeros((3, 2)), [0, 1])
     with pytest.raises(ValueError, match="outside"):
         video_to_text_metrics(np.zeros((3, 2)), [0, 1, 2])
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="^sim contains NaN"):
         retrieval_metrics(np.array([[np.nan, 0.0], [0.0, 1.0]]))
+
+
+def test_error_messages_give_the_shapes_a_user_passed():
+    # A user fixing the call needs the sizes they actually passed, rows before columns.
+    with pytest.raises(ValueError, match=r"sim is 3 x 2; a non-square"):
+        retrieval_metrics(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"text_to_video must be 5 integers \(one per text row\)"):
+        retrieval_metrics(np.zeros((5, 4)), [0, 1, 2])
+    with pytest.raises(ValueError, match=r"outside \[0, 4\)"):
+        retrieval_metrics(np.zeros((5, 4)), [0, 1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("sim", [[0.1, 0.2, 0.3], np.zeros((2, 2, 2)), np.zeros((0, 0)), np.zeros((3, 0))])
+def test_not_a_non_empty_matrix_is_refused_by_name(sim):
+    # A 1-D score vector or an empty matrix is a caller's mistake, not a matrix with no ranks.
+    for fn in (retrieval_metrics, video_to_text_metrics):
+        with pytest.raises(ValueError, match="^sim must be a non-empty 2-D matrix, got shape"):
+            fn(sim)
+
+
+def test_one_text_one_video_is_a_valid_matrix():
+    # The smallest matrix there is: the only video is the right one, rank 1 both ways.
+    expected = {"R1": 100.0, "R5": 100.0, "R10": 100.0, "MdR": 1.0, "MnR": 1.0}
+    assert retrieval_metrics([[0.3]]) == expected and video_to_text_metrics([[0.3]]) == expected
+    assert retrieval_metrics([[0.3], [0.1]], [0, 0]) == expected
+
+
+def test_a_float_tensor_mapping_is_refused_as_not_integers():
+    # E.g. a mapping computed with gradients on: a one-line ValueError, not torch's numpy() error.
+    t2v = torch.tensor([0.0, 0.0, 1.0, 2.0, 2.0], requires_grad=True)
+    with pytest.raises(ValueError, match="must be 5 integers"):
+        retrieval_metrics(np.array(CAPTIONS), t2v)
 
 
 # ---- dual softmax --------------------------------------------------------------------------------

@@ -189,7 +189,8 @@ def _disparity(sampling: Disparity, timestamps: np.ndarray, read_gray: ReadGray)
     def far_enough(i: int) -> bool:
         return i not in chosen and all(abs(timestamps[i] - timestamps[j]) >= gap for j in chosen)
 
-    if frame_count > n:
+    # With no more frames than asked and no gap to keep, every frame is taken: nothing to read.
+    if frame_count > n or gap > 0:
         candidates = sorted(set(_at_rate(timestamps, sampling.candidate_fps)))
         grey = np.asarray(read_gray(candidates), dtype=np.float32)
         change = np.abs(np.diff(grey, axis=0)).mean(axis=(1, 2))

@@ -266,6 +266,8 @@ class Version:
         try:
             table = self.store.read_parquet(self.plan_path)
             manifest = json.loads(table.schema.metadata[b"tvr.manifest"])
+        except FileNotFoundError as exc:  # its message would be the bare path
+            raise self._damaged_plan("it is missing") from exc
         except (OSError, pa.ArrowException, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise self._damaged_plan(str(exc)) from exc
         problem = self.manifest_problem(manifest)

@@ -29,6 +29,7 @@ the fragments ("don", "t") are on the list.
 from __future__ import annotations
 
 import functools
+import json
 import random
 import re
 import unicodedata
@@ -59,7 +60,7 @@ _INLINE_NUMBER = re.compile(r"\s+\(?\d{1,3}[.)]\s+")
 # The answer opens by declining: whatever follows is not tags of this input.
 _REFUSAL = re.compile(
     r"^\W*(?:i'?m sorry|i am sorry|sorry\b|i apologi[sz]e|my apologies|unfortunately\b|as an ai\b"
-    r"|i (?:cannot|can ?not|can'?t|am unable|'?m unable|am not able|'?m not able|won'?t)\b)"
+    r"|i(?: cannot| can ?not| can'?t| am unable|'?m unable| am not able|'?m not able| won'?t)\b)"
 )
 # A line or sentence of chatter around the tags ("Sure!", "I hope this helps.", "Note: ...").
 _CHATTER = re.compile(
@@ -77,6 +78,10 @@ _APOSTROPHES = re.compile(r"['’‘`´]")
 _POSSESSIVE = re.compile(r"(?<=\w)'s\b")
 _QUOTES = re.compile(r"[’‘´]")
 _RULE = re.compile(r"^\s*(?:[-*_=]\s*){3,}$")
+# A code fence on a line of its own, with or without a language ("```", "```text", "```json").
+_FENCE = re.compile(r"^```[\w+.-]*\s*$")
+# A whole line that is a JSON list ('["cooking", "baking"]'): its strings are the tags.
+_JSON_LIST = re.compile(r"^\s*\[.*\]\s*,?\s*$")
 
 
 def parse_tags(text: str) -> list[str]:
@@ -94,7 +99,10 @@ def parse_tags(text: str) -> list[str]:
     items = [_ITEM.match(line) for line in lines]
     candidates = []
     for line, item in zip(lines, items):
-        if item:
+        listed = _json_strings(line)
+        if listed is not None:
+            candidates += listed
+        elif item:
             candidates += _item_candidates(item.group("text"))
         elif any(items):
             # A list is the answer: lines around it are preambles and notes, unless one is a labelled list.
@@ -106,11 +114,29 @@ def parse_tags(text: str) -> list[str]:
 
 
 def _strip_markdown(line: str) -> str | None:
-    """The line without bold, code and quote marks; None for a heading, a rule or a code fence."""
-    line = line.lstrip().removeprefix(">").replace("**", "").replace("__", "").replace("```", "")
+    """The line without bold, code and quote marks; None for a heading, a rule or a code fence
+    (its language name is no tag)."""
+    line = line.lstrip().removeprefix(">")
+    if _FENCE.match(line.strip()):
+        return None
+    line = line.replace("**", "").replace("__", "").replace("```", "")
     if line.startswith("#") or _RULE.match(line):
         return None
     return line.replace("`", "")
+
+
+def _json_strings(line: str) -> list[str] | None:
+    """The strings of a line that is a JSON list of strings, else None (the line is read as text:
+    a bracketed aside is no list of tags)."""
+    if not _JSON_LIST.match(line):
+        return None
+    try:
+        value = json.loads(line.strip().rstrip(","))
+    except ValueError:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        return None
+    return value
 
 
 def _item_candidates(item: str) -> list[str]:

@@ -245,3 +245,9 @@ def test_the_manifest_tables_leave_no_staging_and_verify_finds_an_empty_attempt_
     assert f"{store.root}/{outputs.videos.path}/_staging: not committed" in capsys.readouterr().out
     assert main(["verify", store.root, "--repair"]) == 0
     assert not store.exists(outputs.videos.path, "_staging")
+
+
+def test_a_missing_plan_is_named_as_missing(tmp_path):
+    store = Store.open(str(tmp_path / "out"))
+    with pytest.raises(DamagedOutputError, match=r"_plan.parquet: damaged item plan \(it is missing\); "):
+        Version(store, "toy", "0123456789ab").read_plan()
