@@ -265,10 +265,13 @@ class Version:
         """The plan (item_id, shard) and the copy of the record it carries, both checked."""
         try:
             table = self.store.read_parquet(self.plan_path)
-            manifest = json.loads(table.schema.metadata[b"tvr.manifest"])
+            copy = (table.schema.metadata or {}).get(b"tvr.manifest")
+            if copy is None:
+                raise self._damaged_plan("it carries no copy of the record")
+            manifest = json.loads(copy)
         except FileNotFoundError as exc:  # its message would be the bare path
             raise self._damaged_plan("it is missing") from exc
-        except (OSError, pa.ArrowException, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, pa.ArrowException, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise self._damaged_plan(str(exc)) from exc
         problem = self.manifest_problem(manifest)
         if problem:
