@@ -8,8 +8,10 @@ VP9 WebM, and agree on timestamps.
 
 import functools
 import io
+import os
 import subprocess
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -327,9 +329,28 @@ def test_broken_files_raise_video_error(clip, reason, request):
     if reason == "decode_error":  # both decoders tried, both named
         assert "decord:" in caught.value.message and "ffmpeg:" in caught.value.message
     for backend in BACKENDS:
-        with pytest.raises(Exception):  # noqa: B017 - each decoder's own error, but no crash
+        error, message = OPEN_ERRORS[clip, backend]
+        with pytest.raises(error, match=message) as caught:
             with open_source(path, backend) as source:
                 source.read([0])
+        assert type(caught.value) is error
+
+
+# What each decoder raises on a broken file: the decord source reads the file's layout through
+# PyAV before decord opens it, so its errors there are PyAV's; the ffmpeg source checks the file
+# first and names the reason.
+OPEN_ERRORS = {
+    ("truncated_mp4", "decord"): (av.error.InvalidDataError, "Invalid data found when processing input"),
+    ("truncated_mp4", "ffmpeg"): (VideoError, "^truncated: .*moov atom not found"),
+    ("garbage_mp4", "decord"): (av.error.InvalidDataError, "Invalid data found when processing input"),
+    ("garbage_mp4", "ffmpeg"): (VideoError, "^corrupt: .*its first bytes are no known container's"),
+    ("audio_only", "decord"): (VideoError, "^no_video_stream: .*audio_only.m4a has no video stream"),
+    ("audio_only", "ffmpeg"): (VideoError, "^no_video_stream: none of the file's 1 streams is a video"),
+    ("unknown_codec_mkv", "decord"): (av.error.DecoderNotFoundError, "Decoder not found"),
+    ("unknown_codec_mkv", "ffmpeg"): (VideoError, "^unsupported_codec: ffmpeg has no decoder for video stream 0"),
+    ("zero_byte_mp4", "decord"): (av.error.InvalidDataError, "Invalid data found when processing input"),
+    ("zero_byte_mp4", "ffmpeg"): (VideoError, "^empty: file is 0 bytes"),
+}
 
 
 def test_missing_file(tmp_path):
@@ -338,16 +359,40 @@ def test_missing_file(tmp_path):
     assert caught.value.reason == "missing"
 
 
+def intact_frames_at(truncated: str, timestamps) -> np.ndarray:
+    """The intact file's frames (`full.mkv` beside the truncated one) at these times: indices
+    differ, since B-frames shown before the cut but stored after it are missing from the cut file."""
+    full = os.path.join(os.path.dirname(truncated), "full.mkv")
+    with open_source(full, "pyav") as source:
+        times = source.timestamps
+    at = [int(np.argmin(np.abs(times - t))) for t in timestamps]
+    assert np.allclose(times[at], timestamps, atol=1e-3)
+    return all_frames(full)[at]
+
+
+def cut_time(path: str) -> float:
+    """Seconds from the first frame to the earliest frame whose packet the cut removed or split:
+    the truncated file holds no whole frame at or after it."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        time_base = stream.time_base
+        packets = [(p.pts, p.pos + p.size) for p in container.demux(stream) if p.size]
+    size = os.path.getsize(path)
+    first = min(pts for pts, _ in packets)
+    cut = [pts for pts, end in packets if end >= size]
+    return float(((min(cut) if cut else max(pts for pts, _ in packets) + 1) - first) * time_base)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_truncated_mkv_gives_frames_before_the_cut_or_an_error(truncated_mkv, backend):
     """probe_video flags the file as truncated; a decoder may still read what is there, and must
-    not return frames from beyond the cut."""
+    return only frames from before the cut, each the intact file's frame at the index recorded."""
     try:
-        result = extract_keyframes(
-            truncated_mkv, Uniform(num_frames=4), video_id="v", backend=backend, fallback=False
-        )
+        result = extract_keyframes(truncated_mkv, Uniform(num_frames=4), video_id="v", backend=backend,
+                                   fallback=False, short_side=0)
     except VideoError as error:
-        assert error.reason == "decode_error"
+        assert error.reason in ("decode_error", "damaged_frames"), error
     else:
-        assert len(result.jpegs) == 4
-        assert result.timestamps[-1] < 4.0
+        assert len(result.jpegs) == 4 and max(result.timestamps) < cut_time(truncated_mkv) < 4.0
+        intact = as_jpeg(intact_frames_at(truncated_mkv, result.timestamps))
+        assert (mean_abs_diff(decode_jpegs(result.jpegs), intact) < 1.5).all()

@@ -16,11 +16,14 @@ class VideoError(Exception):
 
 
 class DamagedFrames(VideoError):
-    """Requested frames that decoded with errors, in themselves or in the frames they are
-    predicted from since the decoder's starting point. Decoders conceal such errors (smeared
+    """Requested frames that decoded with errors, in themselves or in any frame decoded since
+    their GOP's keyframe (what they may be predicted from). Decoders conceal such errors (smeared
     blocks look like a frame), so a source that detects them raises this instead of returning
-    them; `indices` are the affected requested frame indices, `message` the decoder's words."""
+    them; `indices` are the affected requested frame indices, `message` the decoder's words.
+    `per_frame` is False where the source could only tell that some of `indices` are damaged
+    (a decoder whose log is not tied to frames): each of them may still be clean read alone."""
 
-    def __init__(self, indices: list[int], message: str):
+    def __init__(self, indices: list[int], message: str, per_frame: bool = True):
         super().__init__("damaged_frames", message)
         self.indices = sorted(set(indices))
+        self.per_frame = per_frame or len(self.indices) <= 1

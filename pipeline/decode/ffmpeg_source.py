@@ -17,13 +17,15 @@ counted instead of timed).
 
 from __future__ import annotations
 
+import re
+
 import ffmpeg
 import numpy as np
 
 from pipeline.decode.containment import INPUT_OPTIONS
 from pipeline.decode.decoder_log import damage_message, decoder_errors, join_whole
 from pipeline.decode.errors import DamagedFrames
-from pipeline.decode.frames import Size, distinct_indices, to_gray
+from pipeline.decode.frames import Size, distinct_indices, gop_starts, to_gray
 from pipeline.decode.probe import (
     DECODE_TIMEOUT_S,
     StreamFrames,
@@ -47,6 +49,12 @@ MAX_SEGMENTS_PER_PROCESS = 32
 # segments, each seeking to where the previous one ended.
 MAX_FRAMES_PER_SEGMENT = 50
 
+# What the ffmpeg command line prints when a decoded frame carries the corrupt flag.
+_CORRUPT_FRAME = re.compile(r"^\[(?:warning|error|fatal)\] .*: corrupt decoded frame in stream \d+$")
+
+# Lines of the log below warnings (stream listings at INFO) say nothing about a failure.
+_QUIET = re.compile(r"^(?:\[[^]]+ @ 0x[0-9a-f]+\] )?\[(?:info|verbose|debug|trace)\] ")
+
 
 class FfmpegSource:
     name = "ffmpeg"
@@ -59,6 +67,7 @@ class FfmpegSource:
         self.frame_count = len(self._frames.pts)
         self.timestamps = np.round(self._frames.timestamps, 6)
         self.width, self.height = self._frames.width, self._frames.height
+        self.gop_start = gop_starts(self._frames.keyframe)  # damage is told apart GOP by GOP
 
     def read(self, indices: list[int], size: Size | None = None) -> np.ndarray:
         wanted, inverse = distinct_indices(indices, self.frame_count)
@@ -79,52 +88,60 @@ class FfmpegSource:
         return to_gray(self.read(indices, size))
 
     def _decode_checked(self, segments: list[list[int]], width: int, height: int, size: Size | None) -> np.ndarray:
-        """The frames of `segments`, unless the decoder reported errors making them.
+        """The frames of `segments`, unless the decoder reported errors or concealment making
+        them, or flagged a frame as corrupt. The log is not tied to frames: the error may lie in
+        any frame decoded since a segment's keyframe, and every frame of the read is reported.
 
         After a seek into an open GOP, H.264 reports the leading pictures' missing references
         although no wanted frame is harmed; so errors after seeking are confirmed by decoding the
-        same frames from the start, and only errors seen there condemn the frames."""
+        same frames from the keyframe of the GOP before (which the leading pictures refer to),
+        and only errors seen there condemn the frames."""
         frames, errors = self._decode(segments, width, height, size)
-        if errors and self._frames.seekable and any(segment[0] > 0 for segment in segments):
-            frames, errors = self._decode(segments, width, height, size, may_seek=False)
+        if errors and self._frames.seekable and any(self.gop_start[segment[0]] > 0 for segment in segments):
+            frames, errors = self._decode(segments, width, height, size, from_gop_before=True)
         if errors:
             indices = [i for segment in segments for i in segment]
-            raise DamagedFrames(indices, damage_message(indices, errors))
+            raise DamagedFrames(indices, damage_message(indices, errors), per_frame=False)
         return frames
 
     def _decode(
-        self, segments: list[list[int]], width: int, height: int, size: Size | None, may_seek: bool = True
-    ) -> tuple[np.ndarray, list[str]]:
-        command = self._command(segments, size, may_seek)
+        self, segments: list[list[int]], width: int, height: int, size: Size | None, from_gop_before: bool = False
+    ) -> tuple[np.ndarray | None, list[str]]:
+        command = self._command(segments, size, from_gop_before)
         # Within the video's time limit (extract_keyframes sets it), else DECODE_TIMEOUT_S.
         done = run_limited(command, DECODE_TIMEOUT_S)
         stderr = done.stderr.decode(errors="replace").strip()
+        said = [line for line in stderr.splitlines() if not _QUIET.match(line.strip())]
         if done.returncode != 0:
-            raise VideoError("decode_error", join_whole("ffmpeg failed", stderr.splitlines()))
+            raise VideoError("decode_error", join_whole("ffmpeg failed", said))
         expected = sum(len(s) for s in segments)
         frame_bytes = width * height * 3
+        corrupt = [line.split("] ", 1)[1] for line in said if _CORRUPT_FRAME.match(line.strip())]
+        errors = decoder_errors(stderr) + corrupt
         if len(done.stdout) != expected * frame_bytes:
             got = len(done.stdout) / frame_bytes
-            raise VideoError("decode_error", join_whole(f"ffmpeg returned {got:g} of {expected} frames",
-                                                        stderr.splitlines()))
+            if errors:  # frames lost to damage (a GOP cut short), not a file ffmpeg misreads
+                return None, [*errors, f"ffmpeg returned {got:g} of {expected} frames"]
+            raise VideoError("decode_error", join_whole(f"ffmpeg returned {got:g} of {expected} frames", said))
         frames = np.frombuffer(done.stdout, np.uint8).reshape(expected, height, width, 3)
-        return frames, decoder_errors(stderr)
+        return frames, errors
 
-    def _command(self, segments: list[list[int]], size: Size | None, may_seek: bool = True) -> list[str]:
-        streams = [self._segment_stream(segment, size, may_seek) for segment in segments]
+    def _command(self, segments: list[list[int]], size: Size | None, from_gop_before: bool = False) -> list[str]:
+        streams = [self._segment_stream(segment, size, from_gop_before) for segment in segments]
         joined = streams[0] if len(streams) == 1 else ffmpeg.concat(*streams, v=1, a=0)
         out = joined.filter("setpts", "N").output("pipe:", format="rawvideo", pix_fmt="rgb24")
         # -copyts keeps each frame's own presentation time, which the select windows use;
-        # passthrough hands every selected frame on without duplicating or dropping any.
+        # passthrough hands every selected frame on without duplicating or dropping any. The log
+        # goes down to INFO, levels printed, for the decoder's concealment notices.
         global_args = [
-            "-nostdin", "-hide_banner", "-loglevel", "error", "-copyts",
+            "-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+info", "-copyts",
             "-vsync", "passthrough", "-filter_complex_threads", "1",
         ]  # fmt: skip
         return [require_binary("ffmpeg"), *global_args, *out.get_args()]
 
-    def _segment_stream(self, segment: list[int], size: Size | None, may_seek: bool = True):
+    def _segment_stream(self, segment: list[int], size: Size | None, from_gop_before: bool = False):
         if self._frames.exact_pts:
-            stream = self._select_by_time(segment, may_seek)
+            stream = self._select_by_time(segment, from_gop_before)
         else:
             stream = self._select_by_count(segment)
         if size is not None:
@@ -141,13 +158,24 @@ class FfmpegSource:
         stream = self._input().filter("trim", end_frame=segment[-1] + 1)
         return stream.filter("select", "+".join(f"eq(n,{i})" for i in segment))
 
-    def _select_by_time(self, segment: list[int], may_seek: bool = True):
-        """Seek to just before the segment; keep frames by their presentation times."""
+    def _select_by_time(self, segment: list[int], from_gop_before: bool = False):
+        """Seek to the keyframe of the segment's first frame (or of the GOP before it, to confirm
+        errors); keep frames by their presentation times. The seek names a time between that
+        keyframe and the next frame, and the demuxer goes to the keyframe at or before it: that
+        keyframe, not the one before (a time just before the keyframe would decode the GOP
+        before too, and its damage, if any, would condemn the segment). Nothing is cut at the
+        seek (`-noaccurate_seek`): the windows pick the frames."""
         pts = self._frames.pts
         windows = [_window(pts, i) for i in segment]
-        seek = windows[0][0] - self._frames.format_start  # -ss counts from the container start
-        if may_seek and self._frames.seekable and segment[0] > 0 and seek > 0:
-            stream = self._input(ss=f"{seek:.6f}")
+        key = int(self.gop_start[segment[0]])
+        if from_gop_before and key > 0:
+            key = int(self.gop_start[key - 1])
+        after_key = _window(pts, key)[1]
+        if not np.isfinite(after_key):  # the keyframe is the last frame
+            after_key = float(pts[key]) + 1e-3
+        seek = after_key - self._frames.format_start  # -ss counts from the container start
+        if self._frames.seekable and key > 0 and seek > 0:
+            stream = self._input(ss=f"{seek:.6f}", noaccurate_seek=None)
         else:
             stream = self._input()
         following = segment[-1] + 1

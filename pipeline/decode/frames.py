@@ -40,3 +40,9 @@ def resize_frames(frames: np.ndarray, size: Size) -> np.ndarray:
         np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BICUBIC)) for f in frames
     ]
     return np.stack(resized) if resized else np.empty((0, size[1], size[0], 3), np.uint8)
+
+
+def gop_starts(keyframe: np.ndarray) -> np.ndarray:
+    """The keyframe at or before each frame (frame 0 starts the first GOP, flagged or not)."""
+    positions = np.arange(len(keyframe))
+    return np.maximum.accumulate(np.where(keyframe, positions, 0))

@@ -5,11 +5,12 @@ decodes just those (the sources seek), turns them upright, resizes and JPEG-enco
 the decoder cannot decode the file it retries the whole video with the others and says why in
 `note`; when all fail it raises VideoError("decode_error") naming each error.
 
-A stored frame is a clean frame. A source raises `DamagedFrames` for frames that decoded with
-errors; that is the data, not the decoder, so no other decoder is tried. The `damaged` policy
-decides: "fail" (the default) fails the video as `damaged_frames`; "nearest_clean" takes, for each
-damaged frame, the nearest frame that decodes clean and records the index actually used (and
-says so in `note`).
+A stored frame is a clean frame: no frame decoded since its GOP's keyframe reported an error
+(see docs/decoding.md). A source raises `DamagedFrames` for frames that are not; that is the
+data, not the decoder, so no other decoder is tried. The `damaged` policy decides: "fail" (the
+default) fails the video as `damaged_frames`; "nearest_clean" takes, for each damaged frame, the
+nearest frame that is clean by the same rule and records the index actually used (and says so
+in `note`).
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ class _CleanReader:
     def __init__(self, source: FrameSource, damaged: DamagePolicy):
         self.source = source
         self.damaged = damaged
+        self._bad: set[int] = set()  # frames found damaged: the nearest-clean search skips them
 
     def read(self, indices: list[int], size) -> _Frames:
         frames = _Frames({}, {}, [])
@@ -185,7 +187,7 @@ class _CleanReader:
                 if index in clean:
                     frames.pixels[index], frames.used[index] = clean[index], index
             for index in bad:
-                frames.used[index], frames.pixels[index] = self._nearest_clean(index, size, frames.damage)
+                frames.used[index], frames.pixels[index] = self._nearest_clean(index, size, frames.damage, clean)
         return frames
 
     def read_gray(self, indices: list[int], size) -> np.ndarray:
@@ -193,7 +195,7 @@ class _CleanReader:
         scores no change and is never chosen for itself."""
         clean, _ = self._read_clean(sorted(set(indices)), size, [], gray=True)
         if not clean:
-            raise VideoError("damaged_frames", "every candidate frame decoded with errors")
+            raise DamagedFrames(indices, "every candidate frame decoded with errors")
         first = clean[min(clean)]
         out, last = [], first
         for index in indices:
@@ -204,30 +206,88 @@ class _CleanReader:
     def _read_clean(self, indices: list[int], size, damage: list[str], gray: bool = False):
         """The frames of `indices` that decode clean, and the damaged ones (raises under "fail")."""
         read = partial(self.source.read_gray, size=size) if gray else partial(self.source.read, size=size)
-        wanted, bad = list(indices), []
+        bad = [i for i in indices if i in self._bad]
+        wanted = [i for i in indices if i not in self._bad]
+        clean: dict[int, np.ndarray] = {}
         while wanted:
             try:
-                return dict(zip(wanted, read(wanted), strict=True)), bad
+                clean.update(zip(wanted, read(wanted), strict=True))
+                break
             except DamagedFrames as error:
                 if self.damaged == "fail":
                     raise
                 damage.append(error.message)
                 newly = [i for i in error.indices if i in wanted] or wanted  # a source that cannot tell which
-                bad += newly
                 wanted = [i for i in wanted if i not in newly]
-        return {}, bad
+                if error.per_frame or len(newly) == 1:
+                    bad += newly
+                    continue
+                found, lost = self._tell_apart(newly, read, damage)
+                clean.update(found)
+                bad += lost
+        self._bad.update(bad)
+        return clean, bad
 
-    def _nearest_clean(self, index: int, size, damage: list[str]) -> tuple[int, np.ndarray]:
+    def _tell_apart(self, condemned: list[int], read, damage: list[str]) -> tuple[dict[int, np.ndarray], list[int]]:
+        """Frames a source condemned together (its decoder's log names no frame): the clean ones
+        and the damaged ones. Within a GOP, damage reaches every frame from the first damaged one
+        on (each is decoded from everything before it), so the longest clean run from the GOP's
+        start is found by bisection: about log2(n) reads per damaged GOP, whatever the number of
+        damaged frames. A source that does not say where GOPs start has its frames read in
+        halves instead."""
+        condemned = sorted(condemned)
+        starts = getattr(self.source, "gop_start", None)
+        if starts is None:
+            if len(condemned) == 1:
+                return {}, condemned
+            half = len(condemned) // 2
+            clean, bad = {}, []
+            for part in (condemned[:half], condemned[half:]):
+                try:
+                    clean.update(zip(part, read(part), strict=True))
+                except DamagedFrames as error:
+                    damage.append(error.message)
+                    found, lost = self._tell_apart(part, read, damage)
+                    clean.update(found)
+                    bad += lost
+            return clean, bad
+        clean, bad = {}, []
+        order = np.asarray(condemned, np.int64)
+        for gop in np.split(order, np.flatnonzero(np.diff(starts[order])) + 1):
+            gop = gop.tolist()
+            # `good` frames from the GOP's first wanted one read clean; more than `most` cannot.
+            good, most, pixels = 0, len(gop), {}
+            while good < most:
+                trial = (good + most + 1) // 2 if most < len(gop) else most
+                try:
+                    pixels = dict(zip(gop[:trial], read(gop[:trial]), strict=True))
+                    good = trial
+                except DamagedFrames as error:
+                    damage.append(error.message)
+                    most = trial - 1
+            clean.update((i, pixels[i]) for i in gop[:good])
+            bad += gop[good:]
+        return clean, bad
+
+    def _nearest_clean(self, index: int, size, damage: list[str],
+                       known: dict[int, np.ndarray]) -> tuple[int, np.ndarray]:
+        """The nearest clean frame to `index` (the earlier of two as near) and its pixels;
+        `known` holds frames already read clean, which need no second read."""
         count = self.source.frame_count
         candidates = [c for offset in REPLACEMENT_OFFSETS for c in (index - offset, index + offset) if 0 <= c < count]
         for start in range(0, len(candidates), REPLACEMENT_BATCH):
-            batch = candidates[start : start + REPLACEMENT_BATCH]
-            clean, _ = self._read_clean(batch, size, damage)
+            # Nearest first; frames already found damaged are not read again.
+            batch = [c for c in candidates[start : start + REPLACEMENT_BATCH] if c not in self._bad]
+            if batch and batch[0] in known:
+                return batch[0], known[batch[0]]
+            clean, _ = self._read_clean([c for c in batch if c not in known], size, damage)
+            clean.update((c, known[c]) for c in batch if c in known)
             if clean:
                 nearest = min(clean, key=lambda c: (abs(c - index), c))
                 return nearest, clean[nearest]
-        raise VideoError("damaged_frames", f"frame {index} and every frame tried near it decoded with errors: "
-                                           f"{damage[0] if damage else ''}".rstrip(": "))
+        # Damage, like the frame it replaces: never retried on another decoder.
+        raise DamagedFrames([index], f"frame {index} and every frame tried near it decoded with errors: "
+                                     f"{damage[0] if damage else ''}".rstrip(": "))
 
 
 def _gray_size(source: FrameSource) -> tuple[int, int]:

@@ -11,14 +11,15 @@ are then counted.
 
 Integrity: FFmpeg conceals decoding errors (a damaged frame and every frame predicted from it
 come out smeared but look like frames). The source collects, per packet, the decoder's error
-messages, its exceptions, and the corrupt flags of packets and frames; a requested frame is
-damaged when such a report came from its GOP up to its own packet (what it may be predicted
-from) or from the few packets after it (where damage the decoder decoded without noticing
-usually shows), or, for a leading picture of an open GOP, from the GOP before. After the last
-wanted frame of a pass the next packets are checked for broken structure without decoding
-them. `read` then raises `DamagedFrames` naming the requested indices instead of returning
-pixels. A single damaged byte that the decoder decodes as valid data, with nothing wrong
-nearby, cannot be seen this way.
+messages and concealment notices, its exceptions, and the corrupt flags of packets and frames;
+a requested frame is damaged when such a report came from any packet of its GOP up to its own
+(every frame decoded since the keyframe, whether or not others refer to it: the decord and
+ffmpeg backends see the same) or from the few packets after it (where damage the decoder
+decoded without noticing usually shows), or, for a leading picture of an open GOP, from the GOP
+before. After the last wanted frame of a pass the next packets are checked for broken structure
+without decoding them. `read` then raises `DamagedFrames` naming the requested indices instead
+of returning pixels. Damage that the decoder decodes as valid data, with nothing wrong in the
+rest of the GOP, cannot be seen this way.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.decode.containment import INPUT_OPTIONS
-from pipeline.decode.decoder_log import damage_message
+from pipeline.decode.decoder_log import damage_message, is_concealment
 from pipeline.decode.decoder_log import one_line as _one_line
 from pipeline.decode.errors import DamagedFrames
 from pipeline.decode.frames import Size, distinct_indices, to_gray
@@ -130,11 +131,11 @@ class _Damage:
     exceptions, frames and packets flagged as corrupt), and which frames that may have reached.
 
     A frame is damaged by a report in its GOP (a keyframe starts one) from any packet decoded
-    before its own, which it may be predicted from, or up to LOOKAHEAD_PACKETS after it: a
-    damaged picture often decodes "cleanly" and the damage shows only in the next packets. The
-    leading picture of an open GOP (shown before its keyframe) is predicted from the GOP before
-    as well. The demuxer's own messages (e.g. a truncated file's end) blame no frame; they are
-    only quoted for frames that never came out."""
+    before its own (it may be predicted from it, or the damage may have spread from it unseen),
+    or up to LOOKAHEAD_PACKETS after it: a damaged picture often decodes "cleanly" and the damage
+    shows only in the next packets. The leading picture of an open GOP (shown before its
+    keyframe) is predicted from the GOP before as well. The demuxer's own messages (e.g. a
+    truncated file's end) blame no frame; they are only quoted for frames that never came out."""
 
     def __init__(self) -> None:
         self._reports: list[tuple[int, int, str]] = []  # (GOP, packet in decode order, words)
@@ -211,7 +212,7 @@ class PyavSource:
             self._open()
         self._clock = _FrameClock(self._frames.pts, self._stream.time_base)
         # Work done, for tests and benchmarks.
-        self.packets_decoded = 0  # sent to the decoder to decode (or skip, if nothing refers to them)
+        self.packets_decoded = 0  # sent to the decoder to decode
         self.packets_checked = 0  # sent only to check their structure
         self.frames_decoded = 0
         self.seeks = 0
@@ -373,7 +374,9 @@ class PyavSource:
         """The decoder's error messages among `logs`; the demuxer's go aside."""
         errors = []
         for level, name, text in logs:
-            if level > self._av.logging.ERROR:  # warnings are mostly about harmless oddities
+            # Warnings are mostly about harmless oddities; concealment (INFO) is often the only
+            # trace of a damaged slice.
+            if level > self._av.logging.ERROR and not (name != self._container.format.name and is_concealment(text)):
                 continue
             if name == self._container.format.name:
                 damage.demuxer.append(_one_line(f"{name}: {text}"))
@@ -470,8 +473,12 @@ class _PassState:
     def admit(self, is_key: bool, index: int | None) -> str:
         """How to treat the next packet: "skip" it, give up ("overshot": the seek landed past
         the pass's keyframe), "stop" the pass, or decode it with this skip_frame setting:
-        "DEFAULT" for a wanted frame (or one that cannot be told), "NONREF" for one that only
-        matters if others are predicted from it, "ALL" to check its structure alone."""
+        "DEFAULT" to decode it, "ALL" to check its structure alone. Frames no other frame refers
+        to are decoded too (not skipped as "NONREF"): an error in one of them is the only sign of
+        damage elsewhere in the GOP that decodes without notice (measured on H.264 with three 40-byte runs of
+        random bytes: frames whose reference chain reported nothing, damaged by up to 17 levels
+        per pixel, followed a B-frame that did report), and it costs about as much time again
+        for a sparse read (12 frames of a 60 s clip with 10 s GOPs: 2.1 s, now 4.0 s at most)."""
         if not self.started:
             if is_key and index == self.start:
                 self.started = True
@@ -487,9 +494,7 @@ class _PassState:
             return "stop" if is_key or self.looked_ahead > LOOKAHEAD_PACKETS else "ALL"
         if self.start is not None and index is not None and index < self.start:
             return "skip"  # a leading picture of an open GOP, predicted from before the seek
-        if self.by_count or index is None or index in self.pending:
-            return "DEFAULT"
-        return "NONREF"
+        return "DEFAULT"
 
     def finish(self, result: _Result) -> None:
         for index, rgb in self.taken.items():
@@ -517,13 +522,14 @@ class _PassState:
 
 @contextmanager
 def _decoder_log() -> Iterator[list[tuple[int, str, str]]]:
-    """FFmpeg's error messages while the block runs, in order. PyAV drops FFmpeg's log by
-    default and skips a message identical to the one before (hiding the second of two damaged
-    frames); both are switched for the block only, in this thread only."""
+    """FFmpeg's messages down to INFO (where concealment is logged) while the block runs, in
+    order. PyAV drops FFmpeg's log by default and skips a message identical to the one before
+    (hiding the second of two damaged frames); both are switched for the block only, in this
+    thread only."""
     import av.logging as avlog
 
     level, skip_repeated = avlog.get_level(), avlog.get_skip_repeated()
-    avlog.set_level(avlog.ERROR)
+    avlog.set_level(avlog.INFO)
     avlog.set_skip_repeated(False)
     try:
         with avlog.Capture(local=True) as logs:

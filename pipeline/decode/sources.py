@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.decode.decoder_log import captured_stderr, damage_message, decoder_errors
 from pipeline.decode.errors import DamagedFrames, VideoError
 from pipeline.decode.ffmpeg_source import FfmpegSource
-from pipeline.decode.frames import Size, distinct_indices, resize_frames, scaled_size, to_gray
+from pipeline.decode.frames import Size, distinct_indices, gop_starts, resize_frames, scaled_size, to_gray
 from pipeline.decode.probe import UNINDEXED_CONTAINERS, ffmpeg_version
 from pipeline.decode.pyav_source import PyavSource, pyav_version
 
@@ -25,6 +25,9 @@ Backend = Literal["decord", "ffmpeg", "pyav"]
 # decord decodes a batch into one array; at full size keep batches small enough that a 4K
 # video does not need gigabytes.
 _DECORD_BATCH = 16
+
+# FFmpeg's av_log flag that prints each line's level (`[h264 @ 0x..] [info] ...`).
+_AV_LOG_PRINT_LEVEL = 2
 
 
 class FrameSource(Protocol):
@@ -38,6 +41,10 @@ class FrameSource(Protocol):
     def read(self, indices: list[int], size: Size | None = None) -> np.ndarray:
         """uint8 [n, H, W, 3] RGB frames, in the order of `indices` (which may repeat)."""
         ...
+
+    # A source whose DamagedFrames cannot name frames (`per_frame=False`) may also carry
+    # `gop_start: np.ndarray`, the keyframe at or before each frame, so that the frames it
+    # condemns together can be told apart GOP by GOP (keyframes._CleanReader).
 
     def read_gray(self, indices: list[int], size: Size) -> np.ndarray:
         """uint8 [n, h, w] luma of the frames, resized to `size`."""
@@ -169,7 +176,7 @@ class DecordSource:
             raise VideoError("decode_error", f"not decoding with decord: {reason}")
         self.version = decord.__version__
         self.width, self.height, self._rotation = layout.width, layout.height, layout.rotation
-        # Error lines are how decoding errors that FFmpeg conceals show (see `_batch`).
+        # Error lines are how decoding errors that FFmpeg conceals show (see `_checked_batch`).
         decord.logging.set_level(decord.logging.ERROR)
         self._decord = decord
         self._path = path
@@ -184,6 +191,11 @@ class DecordSource:
                 f"decord counts {self.frame_count} frames, the file has {layout.frame_count}",
             )
         self.timestamps = self._timestamps(self._readers[first])
+        # The keyframe at or before each frame: a batch holds one GOP's frames (see `_batch`).
+        keys = np.zeros(self.frame_count, bool)
+        keys[np.asarray(self._readers[first].get_key_indices(), np.int64)] = True
+        keys[0] = True
+        self.gop_start = gop_starts(keys)
 
     def _timestamps(self, reader) -> np.ndarray:
         stamps = reader.get_frame_timestamp(np.arange(self.frame_count))[:, 0].astype(np.float64)
@@ -225,8 +237,13 @@ class DecordSource:
         return np.ascontiguousarray(np.rot90(frames, k=self._rotation // 90, axes=(1, 2)))
 
     def _batch(self, reader, wanted: list[int], size: Size | None) -> np.ndarray:
-        chunks = [self._checked_batch(reader, wanted[i : i + _DECORD_BATCH])
-                  for i in range(0, len(wanted), _DECORD_BATCH)]
+        """Each batch holds frames of one GOP, so an error the log cannot tie to a frame condemns
+        only frames that may have been predicted from the damage."""
+        chunks = []
+        wanted_array = np.asarray(wanted, np.int64)
+        for gop in np.split(wanted_array, np.flatnonzero(np.diff(self.gop_start[wanted_array])) + 1):
+            batches = [gop[i : i + _DECORD_BATCH].tolist() for i in range(0, len(gop), _DECORD_BATCH)]
+            chunks += [self._checked_batch(reader, batch) for batch in batches]
         if chunks:
             return np.concatenate(chunks)
         width, height = size or (self.width, self.height)
@@ -235,14 +252,24 @@ class DecordSource:
         return np.empty((0, height, width, 3), np.uint8)
 
     def _checked_batch(self, reader, indices: list[int]) -> np.ndarray:
-        """decord's frames, unless its FFmpeg logged a decoding error while making them: decord
-        decodes each batch from the keyframe before its frames, so the error may lie in any of them
-        or their references, and the whole batch is reported."""
-        with captured_stderr() as lines:
-            frames = reader.get_batch(indices).asnumpy()
+        """decord's frames, unless its FFmpeg logged a decoding error or concealment while making
+        them. decord goes on from where its last read stopped when the next frame is further in
+        the same GOP, so errors logged by that read would not be logged again: the reader is sent
+        back to frame 0 first, and decodes each batch from its keyframe. The error may lie in any
+        frame decoded since, and the whole batch is reported."""
+        log_flags = self._decord._ffi.base._LIB.av_log_get_flags()
+        self._decord._ffi.base._LIB.av_log_set_flags(log_flags | _AV_LOG_PRINT_LEVEL)
+        self._decord.logging.set_level(self._decord.logging.INFO)  # concealment is logged at INFO
+        try:
+            with captured_stderr() as lines:
+                reader.seek(0)
+                frames = reader.get_batch(indices).asnumpy()
+        finally:
+            self._decord.logging.set_level(self._decord.logging.ERROR)
+            self._decord._ffi.base._LIB.av_log_set_flags(log_flags)
         errors = decoder_errors("\n".join(lines))
         if errors:
-            raise DamagedFrames(indices, damage_message(indices, errors))
+            raise DamagedFrames(indices, damage_message(indices, errors), per_frame=False)
         return frames
 
     def close(self) -> None:

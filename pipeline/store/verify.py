@@ -211,8 +211,10 @@ def _check_plan(version: Version, manifest: dict, report: Report,
         report.findings.append(Finding(
             version.stage, version.version, version.manifest_path,
             f"differs from the copy in {version.plan_path} on {', '.join(differing)} (edited)"))
-        if repair:
-            manifest = _rebuild_manifest(version, report)
+        # The rest is checked against the plan's copy: an edited key or shard count would
+        # otherwise be read as the truth (a key naming no column).
+        manifest = _rebuild_manifest(version, report) if repair else {
+            **manifest, **{name: copy[name] for name in PLANNED}}
     plan: dict[int, list[str]] = {}
     for item, shard in zip(table.column("item_id").to_pylist(), table.column("shard").to_pylist()):
         plan.setdefault(shard, []).append(item)
