@@ -176,6 +176,7 @@ class _CleanReader:
         self.source = source
         self.damaged = damaged
         self._bad: set[int] = set()  # frames found damaged: the nearest-clean search skips them
+        self._first_damage: str | None = None  # the decoder's words when the first was found
 
     def read(self, indices: list[int], size) -> _Frames:
         frames = _Frames({}, {}, [])
@@ -207,6 +208,8 @@ class _CleanReader:
         """The frames of `indices` that decode clean, and the damaged ones (raises under "fail")."""
         read = partial(self.source.read_gray, size=size) if gray else partial(self.source.read, size=size)
         bad = [i for i in indices if i in self._bad]
+        if bad and not damage:  # known damaged from an earlier read: its words, for the note
+            damage.append(self._first_damage)  # set when the first of them was found
         wanted = [i for i in indices if i not in self._bad]
         clean: dict[int, np.ndarray] = {}
         while wanted:
@@ -217,24 +220,27 @@ class _CleanReader:
                 if self.damaged == "fail":
                     raise
                 damage.append(error.message)
+                self._first_damage = self._first_damage or error.message
                 newly = [i for i in error.indices if i in wanted] or wanted  # a source that cannot tell which
+                whole = len(newly) == len(wanted)  # the read of exactly these frames failed
                 wanted = [i for i in wanted if i not in newly]
                 if error.per_frame or len(newly) == 1:
                     bad += newly
                     continue
-                found, lost = self._tell_apart(newly, read, damage)
+                found, lost = self._tell_apart(newly, read, damage, whole)
                 clean.update(found)
                 bad += lost
         self._bad.update(bad)
         return clean, bad
 
-    def _tell_apart(self, condemned: list[int], read, damage: list[str]) -> tuple[dict[int, np.ndarray], list[int]]:
+    def _tell_apart(self, condemned: list[int], read, damage: list[str],
+                    failed: bool = False) -> tuple[dict[int, np.ndarray], list[int]]:
         """Frames a source condemned together (its decoder's log names no frame): the clean ones
         and the damaged ones. Within a GOP, damage reaches every frame from the first damaged one
         on (each is decoded from everything before it), so the longest clean run from the GOP's
         start is found by bisection: about log2(n) reads per damaged GOP, whatever the number of
         damaged frames. A source that does not say where GOPs start has its frames read in
-        halves instead."""
+        halves instead. `failed`: a read of exactly `condemned` is known to have failed."""
         condemned = sorted(condemned)
         starts = getattr(self.source, "gop_start", None)
         if starts is None:
@@ -253,10 +259,12 @@ class _CleanReader:
             return clean, bad
         clean, bad = {}, []
         order = np.asarray(condemned, np.int64)
-        for gop in np.split(order, np.flatnonzero(np.diff(starts[order])) + 1):
+        gops = np.split(order, np.flatnonzero(np.diff(starts[order])) + 1)
+        for gop in gops:
             gop = gop.tolist()
-            # `good` frames from the GOP's first wanted one read clean; more than `most` cannot.
-            good, most, pixels = 0, len(gop), {}
+            # `good` frames from the GOP's first wanted one read clean; more than `most` cannot
+            # (not all of them, when they alone were just read and failed).
+            good, most, pixels = 0, len(gop) - (failed and len(gops) == 1), {}
             while good < most:
                 trial = (good + most + 1) // 2 if most < len(gop) else most
                 try:

@@ -67,7 +67,10 @@ class Lease:
             if holder is None:
                 continue  # released between our attempt and our look
             age = time.time() - float(holder.get("heartbeat", 0))
-            if age > self.ttl or _died_here(holder):
+            # The holder's own ttl: it beats every ttl/4 of its own, so a driver with a shorter
+            # ttl must not judge it by that one. A record without one is judged by ours.
+            ttl = float(holder.get("ttl_seconds", self.ttl))
+            if age > ttl or _died_here(holder):
                 self._take_over(holder, age)
                 continue
             if time.monotonic() >= deadline:
@@ -75,7 +78,7 @@ class Lease:
                     f"{self.what} is being written by {holder.get('owner', '?')} (pid {holder.get('pid', '?')} "
                     f"on {holder.get('host', '?')}, since {holder.get('since', '?')}, heartbeat {age:.0f} s ago); "
                     f"wait for it to finish, or set runner.lease_wait_seconds to wait. If that process is dead, "
-                    f"its lease expires {max(0.0, self.ttl - age):.0f} s from now")
+                    f"its lease expires {max(0.0, ttl - age):.0f} s from now")
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
         self._thread = threading.Thread(target=self._beat, name=f"lease {self.what}", daemon=True)
         self._thread.start()
