@@ -92,22 +92,25 @@ class FfmpegSource:
         them, or flagged a frame as corrupt. The log is not tied to frames: the error may lie in
         any frame decoded since a segment's keyframe, and every frame of the read is reported.
 
-        After a seek into an open GOP, H.264 reports the leading pictures' missing references
-        although no wanted frame is harmed; so errors after seeking are confirmed by decoding the
-        same frames from the keyframe of the GOP before (which the leading pictures refer to),
-        and only errors seen there condemn the frames."""
+        Each read seeks to the keyframe of its first frame's GOP, so in a file of closed GOPs
+        whatever the decoder reports concerns the frames decoded for the read. After a seek into
+        an open GOP, H.264 also reports the leading pictures' missing references although no
+        wanted frame is harmed; in such files errors after a seek are confirmed by decoding the
+        same frames from the start, and only errors seen there condemn the frames (damage
+        anywhere before them then condemns them too: the log cannot say which frame it hit)."""
         frames, errors = self._decode(segments, width, height, size)
-        if errors and self._frames.seekable and any(self.gop_start[segment[0]] > 0 for segment in segments):
-            frames, errors = self._decode(segments, width, height, size, from_gop_before=True)
+        seeked = self._frames.seekable and any(self.gop_start[segment[0]] > 0 for segment in segments)
+        if errors and seeked and self._frames.open_gop:
+            frames, errors = self._decode(segments, width, height, size, from_start=True)
         if errors:
             indices = [i for segment in segments for i in segment]
             raise DamagedFrames(indices, damage_message(indices, errors), per_frame=False)
         return frames
 
     def _decode(
-        self, segments: list[list[int]], width: int, height: int, size: Size | None, from_gop_before: bool = False
+        self, segments: list[list[int]], width: int, height: int, size: Size | None, from_start: bool = False
     ) -> tuple[np.ndarray | None, list[str]]:
-        command = self._command(segments, size, from_gop_before)
+        command = self._command(segments, size, from_start)
         # Within the video's time limit (extract_keyframes sets it), else DECODE_TIMEOUT_S.
         done = run_limited(command, DECODE_TIMEOUT_S)
         stderr = done.stderr.decode(errors="replace").strip()
@@ -126,8 +129,8 @@ class FfmpegSource:
         frames = np.frombuffer(done.stdout, np.uint8).reshape(expected, height, width, 3)
         return frames, errors
 
-    def _command(self, segments: list[list[int]], size: Size | None, from_gop_before: bool = False) -> list[str]:
-        streams = [self._segment_stream(segment, size, from_gop_before) for segment in segments]
+    def _command(self, segments: list[list[int]], size: Size | None, from_start: bool = False) -> list[str]:
+        streams = [self._segment_stream(segment, size, from_start) for segment in segments]
         joined = streams[0] if len(streams) == 1 else ffmpeg.concat(*streams, v=1, a=0)
         out = joined.filter("setpts", "N").output("pipe:", format="rawvideo", pix_fmt="rgb24")
         # -copyts keeps each frame's own presentation time, which the select windows use;
@@ -139,9 +142,9 @@ class FfmpegSource:
         ]  # fmt: skip
         return [require_binary("ffmpeg"), *global_args, *out.get_args()]
 
-    def _segment_stream(self, segment: list[int], size: Size | None, from_gop_before: bool = False):
+    def _segment_stream(self, segment: list[int], size: Size | None, from_start: bool = False):
         if self._frames.exact_pts:
-            stream = self._select_by_time(segment, from_gop_before)
+            stream = self._select_by_time(segment, from_start)
         else:
             stream = self._select_by_count(segment)
         if size is not None:
@@ -158,9 +161,9 @@ class FfmpegSource:
         stream = self._input().filter("trim", end_frame=segment[-1] + 1)
         return stream.filter("select", "+".join(f"eq(n,{i})" for i in segment))
 
-    def _select_by_time(self, segment: list[int], from_gop_before: bool = False):
-        """Seek to the keyframe of the segment's first frame (or of the GOP before it, to confirm
-        errors); keep frames by their presentation times. The seek names a time between that
+    def _select_by_time(self, segment: list[int], from_start: bool = False):
+        """Seek to the keyframe of the segment's first frame (unless `from_start`); keep frames
+        by their presentation times. The seek names a time between that
         keyframe and the next frame, and the demuxer goes to the keyframe at or before it: that
         keyframe, not the one before (a time just before the keyframe would decode the GOP
         before too, and its damage, if any, would condemn the segment). Nothing is cut at the
@@ -168,13 +171,11 @@ class FfmpegSource:
         pts = self._frames.pts
         windows = [_window(pts, i) for i in segment]
         key = int(self.gop_start[segment[0]])
-        if from_gop_before and key > 0:
-            key = int(self.gop_start[key - 1])
         after_key = _window(pts, key)[1]
         if not np.isfinite(after_key):  # the keyframe is the last frame
             after_key = float(pts[key]) + 1e-3
         seek = after_key - self._frames.format_start  # -ss counts from the container start
-        if self._frames.seekable and key > 0 and seek > 0:
+        if not from_start and self._frames.seekable and key > 0 and seek > 0:
             stream = self._input(ss=f"{seek:.6f}", noaccurate_seek=None)
         else:
             stream = self._input()

@@ -71,6 +71,9 @@ class StreamFrames:
     # is then rebuilt from decode times or the frame rate and only frame counting is exact.
     exact_pts: bool
     seekable: bool  # the container has a frame index (not in UNINDEXED_CONTAINERS)
+    # Some keyframe is stored before frames shown ahead of it (an open GOP's leading pictures,
+    # predicted from the GOP before as well): a seek there makes the decoder report them.
+    open_gop: bool = False
 
     @property
     def timestamps(self) -> np.ndarray:
@@ -335,6 +338,12 @@ def frames_from_packets(
         # stores one frame per tick), or at k / rate for raw streams that have neither.
         pts = dts if not np.isnan(dts).any() else np.arange(len(pts)) / (frame_rate or 25.0)
     order = np.argsort(pts, kind="stable")
+    # Shown before keyframe k but stored after it: the latest-stored frame shown before each
+    # keyframe comes after the keyframe in the file.
+    stored_by_then = np.maximum.accumulate(order)
+    keys = np.flatnonzero(keyframe[order])
+    keys = keys[keys > 0]
+    open_gop = bool(exact and (stored_by_then[keys - 1] > order[keys]).any())
     return StreamFrames(
         stream_index=stream_index,
         width=width,
@@ -344,6 +353,7 @@ def frames_from_packets(
         keyframe=keyframe[order],
         exact_pts=exact,
         seekable=not set(format_name.split(",")) & UNINDEXED_CONTAINERS,
+        open_gop=open_gop,
     )
 
 
