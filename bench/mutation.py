@@ -63,7 +63,9 @@ EQUIVALENT: dict[str, str] = {
     "the same as floor division for non-negative values (checked for F < 60, n < 20, every k)",
     _SAMPLING + "x__random_in_segment__mutmut_9": "as x__random_in_segment__mutmut_2, for the segment's stop",
     _SAMPLING + "x__at_rate__mutmut_21": "searchsorted side='left' dropped: 'left' is the default",
-    _SAMPLING + "x__disparity__mutmut_43": "argsort kind 'stable' to 'STABLE': NumPy reads the kind case-insensitively",
+    _SAMPLING + "x__disparity__mutmut_46": "argsort kind 'stable' to 'STABLE': NumPy reads the kind case-insensitively",
+    _SAMPLING + "x__disparity__mutmut_13": "gap >= 0 for gap > 0: the gap is exactly 0 only when min_gap_seconds "
+    "equals the slack, and with no more frames than asked every frame is kept either way (cuts read, not used)",
     _SAMPLING + "x__add_farthest__mutmut_23": "break to return: the break is the loop's only exit and nothing "
     "follows the loop",
     # pipeline/train/metrics.py
@@ -132,18 +134,23 @@ EQUIVALENT: dict[str, str] = {
     "pipeline.decode.keyframes.x__extract_with__mutmut_47": "argsort kind 'STABLE': as x__extract_with__mutmut_43",
     "pipeline.decode.keyframes.xǁ_CleanReaderǁ_tell_apart__mutmut_27": "message None: _read_clean appends its "
     "message first, and only damage[0] is ever shown",
-    "pipeline.decode.keyframes.xǁ_CleanReaderǁ_tell_apart__mutmut_77": "as xǁ_CleanReaderǁ_tell_apart__mutmut_27",
-    "pipeline.decode.keyframes.xǁ_CleanReaderǁ_tell_apart__mutmut_41": "asarray dtype None: a list of Python "
-    "ints becomes int64 anyway",
-    "pipeline.decode.keyframes.xǁ_CleanReaderǁ_tell_apart__mutmut_43": "as xǁ_CleanReaderǁ_tell_apart__mutmut_41",
-    "pipeline.decode.keyframes.xǁ_CleanReaderǁ_tell_apart__mutmut_63": "(good+most+2)//2 is still in (good, "
-    "most]: the bisection finds the same clean prefix, by other reads",
+    "pipeline.decode.keyframes.xǁ_CleanReaderǁ_tell_apart__mutmut_82":
+        "as xǁ_CleanReaderǁ_tell_apart__mutmut_27 (the GOP bisection's message)",
+    "pipeline.decode.keyframes.xǁ_CleanReaderǁ_tell_apart__mutmut_32":
+        "`failed` None in the halving path, which never reads it (sources without GOPs)",
+    "pipeline.decode.keyframes.xǁ_CleanReaderǁ_tell_apart__mutmut_37":
+        "as xǁ_CleanReaderǁ_tell_apart__mutmut_32 (False)",
+    "pipeline.decode.keyframes.xǁ_CleanReaderǁ__init____mutmut_4":
+        "_first_damage '' for None: both are false where it is read (`or error.message`), and it is set "
+        "before any frame is known damaged",
     "pipeline.decode.keyframes.xǁ_CleanReaderǁ_nearest_clean__mutmut_13": "batches starting at every candidate: "
     "candidates are in (distance, index) order, so the first clean one found is the same",
     "pipeline.decode.keyframes.x__to_upright_jpeg__mutmut_12": "rotation / 90: np.rot90 takes a float k modulo 4 "
     "and turns the same",
     "pipeline.decode.keyframes.x_to_jpeg__mutmut_9": "format 'jpeg': PIL reads format names case-insensitively",
     # pipeline/tags/parse.py
+    "pipeline.tags.parse.x__json_strings__mutmut_7": "rstrip('XX,XX') strips ',' and 'X'; the text is lowercased, "
+    "so a line never ends in 'X'",
     "pipeline.tags.parse.x__item_candidates__mutmut_17": "split(':') without maxsplit: only [0] is used, "
     "which is the text before the first colon whatever the maxsplit",
     "pipeline.tags.parse.x__item_candidates__mutmut_20": "as x__item_candidates__mutmut_17 (maxsplit 2)",
@@ -204,6 +211,10 @@ def run_group(name: str, group: Group, children: int, show_survivors: bool) -> d
             for mutant in survivors:
                 diff = subprocess.run([mutmut, "show", mutant], cwd=work, env=env, capture_output=True, text=True)
                 print(diff.stdout)
+    module = group.module.removesuffix(".py").replace("/", ".") + "."
+    stale = [m for m in EQUIVALENT if m.startswith(module) and m not in survivors]
+    for mutant in stale:  # the code or the tests moved: the name now means another mutant, or none
+        print(f"stale EQUIVALENT entry (killed, or renamed): {mutant}", file=sys.stderr)
     equivalent = [m for m in survivors if m in EQUIVALENT]
     live = [m for m in survivors if m not in EQUIVALENT]
     total = stats["total"] - len(equivalent)

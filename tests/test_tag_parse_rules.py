@@ -265,6 +265,9 @@ def test_a_subject_pronoun_opening_a_tag_makes_it_a_sentence():
 def test_an_answer_written_as_a_json_list_gives_its_strings():
     assert parse_tags('```json\n["cooking", "baking", "family time"]\n```') == ["cooking", "baking", "family time"]
     assert parse_tags('Tags:\n["Outdoor Sports", "Teamwork"]') == ["outdoor sports", "teamwork"]
+    # One list per line, a trailing comma allowed, after tags written otherwise.
+    assert parse_tags('sports, fun\n["cooking", "baking"],\n["music"]') == ["sports", "fun", "cooking", "baking",
+                                                                           "music"]
     # Still cleaned like any tag: stopwords, clauses and long phrases go.
     assert parse_tags('["the beach", "a man plays guitar", "one two three four"]') == ["beach"]
 

@@ -234,7 +234,7 @@ class _CleanReader:
         return clean, bad
 
     def _tell_apart(self, condemned: list[int], read, damage: list[str],
-                    failed: bool = False) -> tuple[dict[int, np.ndarray], list[int]]:
+                    failed: bool) -> tuple[dict[int, np.ndarray], list[int]]:
         """Frames a source condemned together (its decoder's log names no frame): the clean ones
         and the damaged ones. Within a GOP, damage reaches every frame from the first damaged one
         on (each is decoded from everything before it), so the longest clean run from the GOP's
@@ -253,12 +253,12 @@ class _CleanReader:
                     clean.update(zip(part, read(part), strict=True))
                 except DamagedFrames as error:
                     damage.append(error.message)
-                    found, lost = self._tell_apart(part, read, damage)
+                    found, lost = self._tell_apart(part, read, damage, True)
                     clean.update(found)
                     bad += lost
             return clean, bad
         clean, bad = {}, []
-        order = np.asarray(condemned, np.int64)
+        order = np.asarray(condemned)
         gops = np.split(order, np.flatnonzero(np.diff(starts[order])) + 1)
         for gop in gops:
             gop = gop.tolist()
@@ -294,8 +294,8 @@ class _CleanReader:
                 nearest = min(clean, key=lambda c: (abs(c - index), c))
                 return nearest, clean[nearest]
         # Damage, like the frame it replaces: never retried on another decoder.
-        raise DamagedFrames([index], f"frame {index} and every frame tried near it decoded with errors: "
-                                     f"{damage[0] if damage else ''}".rstrip(": "))
+        # `damage` holds the words of the read that found `index` damaged.
+        raise DamagedFrames([index], f"frame {index} and every frame tried near it decoded with errors: {damage[0]}")
 
 
 def _gray_size(source: FrameSource) -> tuple[int, int]:

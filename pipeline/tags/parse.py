@@ -134,9 +134,8 @@ def _json_strings(line: str) -> list[str] | None:
         value = json.loads(line.strip().rstrip(","))
     except ValueError:
         return None
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        return None
-    return value
+    # A line in brackets that parses is a list.
+    return value if all(isinstance(v, str) for v in value) else None
 
 
 def _item_candidates(item: str) -> list[str]:

@@ -227,6 +227,22 @@ def test_a_whole_read_is_told_apart_gop_by_gop_from_the_first_damaged_frame_on()
     assert len(bisection) <= 6
 
 
+def test_the_bisection_reads_exactly_these_prefixes():
+    # One GOP of 10 read whole and condemned: that read is not made again; the bisection then
+    # tries 5 frames (damaged), 2, 3 and 4 (clean): 14 is the first damaged frame.
+    source = ScriptedSource(damaged={14}, per_frame=False, gop=10)
+    reader = _CleanReader(source, "nearest_clean")
+    clean, bad = reader._read_clean(list(range(10, 20)), None, [])
+    assert sorted(clean) == [10, 11, 12, 13] and bad == list(range(14, 20))
+    assert [indices for indices, _, _ in source.reads] == [
+        list(range(10, 20)), list(range(10, 15)), [10, 11], [10, 11, 12], [10, 11, 12, 13]]
+    # Asked apart (the read held frames of two GOPs), each GOP is first tried whole.
+    source = ScriptedSource(damaged={14}, per_frame=False, gop=10)
+    clean, bad = _CleanReader(source, "nearest_clean")._read_clean([12, 14, 16, 21], None, [])
+    assert sorted(clean) == [12, 21] and bad == [14, 16]
+    assert [indices for indices, _, _ in source.reads] == [[12, 14, 16, 21], [12, 14, 16], [12], [12, 14], [21]]
+
+
 def test_gops_of_one_whole_read_are_told_apart_each():
     source = ScriptedSource(frame_count=60, damaged={14, 27, 33}, per_frame=False, gop=10)
     asked = list(range(10, 40, 2))

@@ -544,6 +544,8 @@ def test_an_unreadable_plan_is_damaged_naming_the_file(store, version, damage, p
     assert str(caught.value).startswith(f"{path}: damaged item plan (")
     assert problem in str(caught.value) and str(caught.value).endswith(f"); {_hint(store)}")
     assert caught.value.problem.startswith("damaged item plan (") and problem in caught.value.problem
+    if damage in ("missing", "no metadata", "no record copy"):  # our words, whole
+        assert caught.value.problem == f"damaged item plan ({problem})"
 
 
 def test_a_plan_whose_record_copy_lies_is_damaged(store, version):
