@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from test_invalid_config import JOB_YAML
 
 from pipeline import cli, config
 from pipeline.config import ConfigError
@@ -20,19 +21,11 @@ from pipeline.flow.whole_run import check_stages
 from pipeline.models.identity import check_model, checkpoint_identity
 from pipeline.run.stage import ModelRunSettings, check_device
 
-YAML = """\
-out: {out}
-dataset:
-  format: generic
-  annotations: {root}/annotations.csv
-  videos: {root}/videos
-"""
-
 
 @pytest.fixture
 def job(tmp_path) -> Path:
     path = tmp_path / "job.yaml"
-    path.write_text(YAML.format(out=tmp_path / "out", root=tmp_path))
+    path.write_text(JOB_YAML.format(out=tmp_path / "out", root=tmp_path))
     return path
 
 

@@ -10,12 +10,16 @@ from pipeline.config import ConfigError
 from pipeline.decode.sampling import Fps, Uniform, Vlm
 from pipeline.flow import RunConfig
 
-YAML = """\
+# A run over a generic dataset: OUT and the dataset's folder left to fill in.
+JOB_YAML = """\
 out: {out}
 dataset:
   format: generic
   annotations: {root}/annotations.csv
   videos: {root}/videos
+"""
+
+YAML = JOB_YAML + """\
 runner:
   rows_per_shard: 16
 keyframes:
