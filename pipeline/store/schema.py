@@ -139,3 +139,124 @@ TAGS = pa.schema(
         pa.field("tags", pa.list_(pa.string()), nullable=False),  # cleaned (pipeline.tags.parse_tags)
     ]
 )
+
+
+# ---- MMI-TVR knowledge (docs/mmi.md) -----------------------------------------------------------
+
+# question_clusters: one row per question of the textual and visual pools.
+QUESTION_CLUSTERS = pa.schema(
+    [
+        pa.field("question_id", pa.string(), nullable=False),  # "<pool>/q<index, 3 digits>"
+        pa.field("pool", pa.string(), nullable=False),  # "text" or "visual"
+        pa.field("question_index", pa.int32(), nullable=False),  # 0-based, in the pool file's order
+        pa.field("line", pa.int32(), nullable=False),  # 1-based line of the pool file
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("cluster", pa.int32(), nullable=False),  # 0-based, clusters numbered by their nearest question
+        pa.field("distance", pa.float64(), nullable=False),  # Euclidean, to the cluster's centre (Eq. 5)
+        pa.field("rank", pa.int32(), nullable=False),  # in its cluster, by distance: 0 = nearest the centre
+        pa.field("cluster_size", pa.int32(), nullable=False),
+        pa.field("k", pa.int32(), nullable=False),  # clusters in the pool
+        pa.field("silhouette", pa.float64()),  # of the pool's clustering; null when k is 1 or every question is alone
+        pa.field("k_chosen_by", pa.string(), nullable=False),  # "config", "silhouette" or "pool_size"
+    ]
+)
+
+# One candidate demonstration of a cluster (Eq. 6): a question answered on one sampled item.
+DEMONSTRATION_CANDIDATE = pa.struct(
+    [
+        pa.field("question_id", pa.string(), nullable=False),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),  # the question's rank in its cluster
+        pa.field("item_id", pa.string(), nullable=False),  # the caption or video it was answered on
+        pa.field("answer", pa.string(), nullable=False),  # "" when the request failed
+        pa.field("finish_reason", pa.string(), nullable=False),  # stop, length or error
+        pa.field("error", pa.string()),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("question_words", pa.int32(), nullable=False),  # Eq. 7's terms, in whitespace words
+        pa.field("answer_words", pa.int32(), nullable=False),
+        pa.field("answer_terms", pa.int32(), nullable=False),
+    ]
+)
+
+# demonstrations: one row per pool and cluster, every candidate and the one Eq. 7 chose.
+DEMONSTRATIONS = pa.schema(
+    [
+        pa.field("demonstration_id", pa.string(), nullable=False),  # "<pool>/c<cluster, 2 digits>"
+        pa.field("pool", pa.string(), nullable=False),
+        pa.field("cluster", pa.int32(), nullable=False),
+        pa.field("candidates", pa.list_(DEMONSTRATION_CANDIDATE), nullable=False),  # questions by rank, then items
+        pa.field("chosen", pa.int32(), nullable=False),  # index into candidates
+        # The chosen candidate's question (the cluster's representative question), answer and item:
+        # the item stands where the paper's "retrieval result" is (docs/mmi.md).
+        pa.field("question_id", pa.string(), nullable=False),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("answer", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("item_text", pa.string()),  # the caption, for the text pool; null for a video
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("revision", pa.string()),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("prompt_sha256", pa.string(), nullable=False),
+    ]
+)
+
+
+def skeletons_schema(key: str) -> pa.Schema:
+    """text_skeletons (key caption_id) and video_skeletons (key video_id): one row per item, the
+    answers to each cluster's representative question in cluster order, and their concatenation."""
+    keys = [pa.field("caption_id", pa.string(), nullable=False)] if key == "caption_id" else []
+    return pa.schema(
+        [
+            *keys,
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("clusters", pa.list_(pa.int32()), nullable=False),
+            pa.field("question_ids", pa.list_(pa.string()), nullable=False),
+            pa.field("answers", pa.list_(pa.string()), nullable=False),
+            # per answer: "stop", or "length" (cut at max_tokens; the answer is kept as generated)
+            pa.field("finish_reasons", pa.list_(pa.string()), nullable=False),
+            pa.field("seeds", pa.list_(pa.int64()), nullable=False),
+            pa.field("skeleton", pa.string(), nullable=False),  # the answers, in cluster order
+            pa.field("model", pa.string(), nullable=False),
+            pa.field("revision", pa.string()),
+            pa.field("prompt", pa.string(), nullable=False),
+            pa.field("prompt_sha256", pa.string(), nullable=False),
+            pa.field("prompt_tokens", pa.int64(), nullable=False),  # summed over the item's requests
+            pa.field("output_tokens", pa.int64(), nullable=False),
+        ]
+    )
+
+
+TEXT_SKELETONS = skeletons_schema("caption_id")
+VIDEO_SKELETONS = skeletons_schema("video_id")
+
+# skeleton_scores: one row per caption and candidate video (Eq. 9).
+SKELETON_SCORES = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),  # "<caption_id>|<video_id>"
+        pa.field("caption_id", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("candidate_rank", pa.int32(), nullable=False),  # 0-based, in the candidate source's order
+        pa.field("similarity", pa.float64(), nullable=False),  # the candidate source's retrieval similarity
+        pa.field("candidates", pa.string(), nullable=False),  # "clip" or "topk:<sha256 of the file>"
+        pa.field("score", pa.float64()),  # the probability parsed from the answer; null when there is none
+        pa.field("raw_output", pa.string(), nullable=False),
+        pa.field("finish_reason", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("revision", pa.string()),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("prompt_sha256", pa.string(), nullable=False),
+        pa.field("prompt_tokens", pa.int64(), nullable=False),
+        pa.field("output_tokens", pa.int64(), nullable=False),
+    ]
+)
+
+# The file `tvr eval --write-topk K` writes: each test caption's K best videos by a checkpoint.
+TOPK = pa.schema(
+    [
+        pa.field("caption_id", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),  # 0-based
+        pa.field("similarity", pa.float64(), nullable=False),
+    ]
+)
