@@ -44,6 +44,7 @@ def _cmd_run(args) -> int:
 def _cmd_demo(args) -> int:
     from pipeline.demo.end_to_end import run_demo
     from pipeline.flow import output_status, verify_outputs
+    from pipeline.mmi.stats import format_mmi_statistics, mmi_statistics
     from pipeline.store.status import render
     from pipeline.tags.stats import format_statistics, tag_statistics
     from pipeline.train.loop import format_metrics
@@ -53,8 +54,10 @@ def _cmd_demo(args) -> int:
     print(render(output_status(args.out)))
     print()
     print(format_statistics(*tag_statistics(args.out)))
+    print("\n" + format_mmi_statistics(*mmi_statistics(args.out)))
     print(f"\ntraining (macvr with the demo's tags, {metrics['epoch']} epochs on its features, random models: "
-          f"chance-level figures), checkpoint in {args.out}/train/:")
+          f"chance-level figures), checkpoint in {args.out}/train/; none+rerank: MMI Eq. 10 with the skeleton "
+          "scores:")
     print(format_metrics(metrics))
     report = verify_outputs(args.out)
     print(report.render().splitlines()[-1] if report.ok else report.render())
@@ -76,11 +79,24 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
+    from pipeline.train.config import RerankOptions
     from pipeline.train.loop import evaluate_checkpoint, format_metrics
 
-    metrics = evaluate_checkpoint(args.checkpoint)
+    options = {"version": args.scores_version, "lambda_r": args.lambda_r, "lambda_s": args.lambda_s}
+    given = {name: value for name, value in options.items() if value is not None}  # unset: RerankOptions' defaults
+    rerank = RerankOptions(args.rerank, **given) if args.rerank is not None else None
+    if rerank is None and given:
+        flags = {"version": "--scores-version", "lambda_r": "--lambda-r", "lambda_s": "--lambda-s"}
+        raise ConfigError(f"{', '.join(flags[name] for name in given)} apply to a re-ranking: add --rerank OUT")
+    if args.topk_out is not None and args.write_topk is None:
+        raise ConfigError("--topk-out names where --write-topk K writes: add --write-topk K")
+    metrics = evaluate_checkpoint(args.checkpoint, rerank=rerank, topk=args.write_topk, topk_out=args.topk_out)
     print(f"epoch {metrics['epoch']}")
     print(format_metrics(metrics))
+    if "topk" in metrics:
+        topk = metrics["topk"]
+        print(f"wrote {topk['path']}: the {topk['k']} most similar test videos of each test caption by the plain "
+              f"similarity, {topk['rows']} rows (score them with the skeleton_scores stage)")
     return 0
 
 
@@ -112,10 +128,14 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_stats(args) -> int:
+    from pipeline.mmi.stats import format_mmi_statistics, mmi_statistics
     from pipeline.tags.stats import format_statistics, tag_statistics
 
     _require_out(args.out)
     print(format_statistics(*tag_statistics(args.out, top=args.top)))
+    mmi = format_mmi_statistics(*mmi_statistics(args.out))
+    if mmi:
+        print("\n" + mmi)
     return 0
 
 
@@ -225,6 +245,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = command("eval", help="test metrics of a training checkpoint, every inference strategy")
     evaluate.add_argument("checkpoint", help="checkpoint.pt, or the training output folder holding it")
+    evaluate.add_argument("--rerank", metavar="OUT",
+                          help="also re-rank the plain similarity by MMI-TVR Eq. 10 with the skeleton_scores in OUT "
+                               "(a pipeline output folder; text-to-video only)")
+    evaluate.add_argument("--scores-version", help="the skeleton_scores version to read (default: LATEST)")
+    evaluate.add_argument("--lambda-r", type=float, help="Eq. 10's weight of the similarity (default: 0.6)")
+    evaluate.add_argument("--lambda-s", type=float, help="Eq. 10's weight of the skeleton score (default: 0.3)")
+    evaluate.add_argument("--write-topk", type=int, metavar="K",
+                          help="write each test caption's K most similar test videos (the skeleton_scores "
+                               "stage's candidates)")
+    evaluate.add_argument("--topk-out", metavar="PATH",
+                          help="where --write-topk writes (default: topk.parquet beside the checkpoint)")
     evaluate.set_defaults(func=_cmd_eval)
 
     status = command("status", help="versions, shards, rows and failures per stage")
@@ -239,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_verify)
 
     stats = command("stats", help="MAC-VR Table 1 for a run: unique tags and tags per item, per split and "
-                                  "modality, and the most frequent tags (Markdown)")
+                                  "modality, and the most frequent tags; MMI's question clusters, their "
+                                  "demonstrations and the skeleton scores (Markdown)")
     stats.add_argument("out")
     stats.add_argument("--top", type=int, default=10, help="how many of the most frequent tags to list")
     stats.set_defaults(func=_cmd_stats)

@@ -372,8 +372,9 @@ def test_parameters_are_keyword_only():
 
 def test_disparity_keeps_a_cut_in_a_video_with_no_more_frames_than_asked():
     # 10 frames at 10 fps, a cut at frame 7, room for frames 0.5 s apart: the cut is a change
-    # point and comes before the uniform frames, as in a longer video.
+    # point and comes before the uniform frames, as in a longer video. 1.0 s (11 frames) holds
+    # three frames 0.5 s apart, 0, 5 and 10; keeping the cut at 0.7 s would leave room for two.
     strategy = Disparity(num_frames=10, candidate_fps=10.0, min_gap_seconds=0.5)
-    for frames in (10, 11):
+    for frames, expected in ((10, [0, 7]), (11, [0, 5, 10])):
         selection = choose_frames(strategy, np.arange(frames) / 10, "v", scenes_reader(frames, [7]))
-        assert sorted(set(selection.indices)) == [0, 7] and selection.repeated, frames
+        assert sorted(set(selection.indices)) == expected and selection.repeated, frames

@@ -73,8 +73,10 @@ class Disparity(_Strategy):
 
     Low-resolution grey candidates are read at about candidate_fps; each is scored by its mean
     absolute difference to the previous candidate. The first frame is always kept, then the
-    highest-scoring change points at least min_gap_seconds apart; uniform frames fill up when
-    there are too few."""
+    highest-scoring change points, then uniform frames and the frames farthest from those kept,
+    every frame at least min_gap_seconds from every other. A frame is kept only if the rest still
+    fit around it, so a video that holds num_frames frames that far apart gets that many distinct
+    ones; only a shorter video repeats frames, after using every distinct one it can hold."""
 
     strategy: Literal["disparity"] = "disparity"
     num_frames: int = field(default=8, metadata=bounds(min=1))
@@ -180,14 +182,25 @@ def _at_rate(timestamps: np.ndarray, rate: float) -> list[int]:
 
 def _disparity(sampling: Disparity, timestamps: np.ndarray, read_gray: ReadGray) -> list[int]:
     """Change points first, then uniform frames, then the frames farthest from those picked, every
-    one at least `min_gap_seconds` from every other. A video too short for N frames that far apart
-    repeats the ones it has (`repeated_frames`) rather than break the gap."""
+    one at least `min_gap_seconds` from every other. A frame is kept only if the frames still
+    missing can be placed around it, so whenever the video holds N frames that far apart, N
+    distinct ones are returned; a video too short for that repeats the most it can hold
+    (`repeated_frames`) rather than break the gap."""
     n, frame_count = sampling.num_frames, len(timestamps)
     gap = sampling.min_gap_seconds - _TIME_SLACK
+    # The most distinct frames the video holds that far apart, up to N: the first frame and every
+    # frame at least a gap after the one before (earliest first packs the most onto a line).
+    target = 1 + _room(timestamps, gap, 0, None, n - 1)
     chosen: list[int] = []
 
-    def far_enough(i: int) -> bool:
-        return i not in chosen and all(abs(timestamps[i] - timestamps[j]) >= gap for j in chosen)
+    def keep(i: int) -> bool:
+        """Keep frame i when it is a gap from every kept frame and leaves room to reach target."""
+        if len(chosen) == target or i in chosen or not all(_apart(timestamps, i, j, gap) for j in chosen):
+            return False
+        if not _can_reach(timestamps, gap, sorted([*chosen, i]), target):
+            return False
+        chosen.append(i)
+        return True
 
     # With no more frames than asked and no gap to keep, every frame is taken: nothing to read.
     if frame_count > n or gap > 0:
@@ -196,26 +209,68 @@ def _disparity(sampling: Disparity, timestamps: np.ndarray, read_gray: ReadGray)
         change = np.abs(np.diff(grey, axis=0)).mean(axis=(1, 2))
         scores = np.concatenate([[np.inf], change])  # the first frame is always kept
         for c in np.argsort(-scores, kind="stable"):
-            if len(chosen) == n or scores[c] == 0:  # an unchanged frame is no change point
+            if len(chosen) == target or scores[c] == 0:  # an unchanged frame is no change point
                 break
-            if far_enough(candidates[c]):
-                chosen.append(candidates[c])
+            keep(candidates[c])
     for i in segment_centres(frame_count, n):
-        if len(chosen) < n and far_enough(i):
-            chosen.append(i)
-    _add_farthest(chosen, timestamps, n, gap)
+        keep(i)
+    _add_farthest(chosen, timestamps, target, gap, keep)
     distinct = sorted(chosen)
+    # Fewer distinct frames than asked only when the video holds no more: each is used, some twice.
     return [distinct[i] for i in segment_centres(len(distinct), n)]
 
 
-def _add_farthest(chosen: list[int], timestamps: np.ndarray, n: int, gap: float) -> None:
-    """Add the frame farthest in time from every chosen one while it is at least `gap` away."""
-    distance = np.full(len(timestamps), np.inf)
-    for i in chosen:
-        distance = np.minimum(distance, np.abs(timestamps - timestamps[i]))
-    while len(chosen) < n:
-        best = int(np.argmax(distance))
-        if distance[best] < max(gap, 1e-9):  # nothing left that far (or any new frame at all)
-            break
-        chosen.append(best)
-        distance = np.minimum(distance, np.abs(timestamps - timestamps[best]))
+def _add_farthest(
+    chosen: list[int], timestamps: np.ndarray, target: int, gap: float, keep: Callable[[int], bool]
+) -> None:
+    """Until `target` frames are chosen, keep the frame farthest in time from every chosen one
+    that `keep` accepts. One always is: `keep` only ever accepts a frame that leaves room for the
+    rest, so the frames of such a completion are there to take."""
+    while len(chosen) < target:
+        distance = np.full(len(timestamps), np.inf)
+        for i in chosen:
+            distance = np.minimum(distance, np.abs(timestamps - timestamps[i]))
+        distance[chosen] = -np.inf  # with no gap (min_gap_seconds 0) a chosen frame is still taken
+        order = np.argsort(-distance, kind="stable")
+        if not any(keep(int(i)) for i in order[distance[order] >= gap]):
+            raise RuntimeError(f"disparity found no frame to add to {sorted(chosen)}; this is a bug")
+
+
+def _apart(timestamps: np.ndarray, i: int, j: int, gap: float) -> bool:
+    """Frames i and j are at least `gap` apart in time: the one test every step uses, so the
+    room counted for later frames is exactly the room they get."""
+    return abs(timestamps[i] - timestamps[j]) >= gap
+
+
+def _next_apart(timestamps: np.ndarray, i: int, gap: float) -> int:
+    """The first frame after frame i that is `gap` from it (len(timestamps) when none is);
+    timestamps ascend, as presentation order gives them."""
+    j = max(i + 1, int(np.searchsorted(timestamps, timestamps[i] + gap, side="left")))
+    # searchsorted compares with the rounded sum t_i + gap; settle on `_apart`'s own test.
+    while j - 1 > i and _apart(timestamps, i, j - 1, gap):
+        j -= 1
+    while j < len(timestamps) and not _apart(timestamps, i, j, gap):
+        j += 1
+    return j
+
+
+def _room(timestamps: np.ndarray, gap: float, after: int | None, before: int | None, cap: int) -> int:
+    """How many frames fit between frames `after` and `before` (None: the video's start or end),
+    each `gap` from one another and from those two, counted up to `cap`. Taking the earliest frame
+    that fits, again and again, fits the most (an exchange argument, frames lying on a line)."""
+    i = 0 if after is None else _next_apart(timestamps, after, gap)
+    end = len(timestamps) if before is None else before
+    count = 0
+    while count < cap and i < end and (before is None or _apart(timestamps, i, before, gap)):
+        count += 1
+        i = _next_apart(timestamps, i, gap)
+    return count
+
+
+def _can_reach(timestamps: np.ndarray, gap: float, ordered: list[int], target: int) -> bool:
+    """Whether frames a gap apart can be added to `ordered` (ascending, already a gap apart) until
+    there are `target`: the room before, between and after them adds up to it. Frames in different
+    stretches are a chosen frame apart, so each stretch is counted on its own."""
+    edges = [None, *ordered, None]
+    room = sum(_room(timestamps, gap, a, b, target) for a, b in zip(edges, edges[1:]))
+    return len(ordered) + room >= target

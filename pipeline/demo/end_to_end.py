@@ -1,7 +1,7 @@
 """`tvr demo`: a small generated dataset run through every stage on local Ray, offline, with tiny
 models built locally (random weights): a CLIP for the feature stages, a video LLM and an LLM for
-the tag stages; then a few training steps of a retrieval head on the features, with the metrics
-of every inference strategy.
+the tag and MMI stages; then a few training steps of a retrieval head on the features, with the
+metrics of every inference strategy and of its ranking re-ranked by the skeleton scores (Eq. 10).
 
 Eight clips that differ in length, resolution, codec, container and frame rate (one variable,
 one rotated, one shorter than the frames asked for), a zero-byte file and a caption whose
@@ -17,17 +17,23 @@ from pathlib import Path
 from pipeline.demo import synth
 from pipeline.engines.config import TransformersEngineConfig
 from pipeline.flow import DatasetConfig, RunConfig, run_pipeline
+from pipeline.mmi.asking import AnswerSampling
 from pipeline.models.tiny import build_tiny_clip
 from pipeline.models.tiny_lm import build_tiny_lm, build_tiny_vlm
 from pipeline.run.runner import RunnerConfig
 from pipeline.run.stage import ModelRunSettings
+from pipeline.stages.demonstrations import DemonstrationsConfig
 from pipeline.stages.frame_features import FrameFeaturesConfig
+from pipeline.stages.question_clusters import QuestionClustersConfig
+from pipeline.stages.skeleton_scores import SkeletonScoresConfig
 from pipeline.stages.text_features import TextFeaturesConfig
+from pipeline.stages.text_skeletons import TextSkeletonsConfig
 from pipeline.stages.textual_tags import TextualTagsConfig
+from pipeline.stages.video_skeletons import VideoSkeletonsConfig
 from pipeline.stages.visual_tags import VisualTagsConfig
 from pipeline.tags.asking import SamplingSettings
-from pipeline.train.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
-from pipeline.train.loop import run_training
+from pipeline.train.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RerankOptions, TrainConfig
+from pipeline.train.loop import evaluate_checkpoint, run_training
 
 # name -> (make_clip keyword arguments, caption)
 DEMO_CLIPS = {
@@ -82,6 +88,9 @@ def demo_config(out: Path, workers: int | None = None):
     clip = str(models / "tiny-clip")
     # Short answers: a random model never stops on its own.
     sampling = SamplingSettings(max_tokens=24)
+    answers = AnswerSampling(max_tokens=12)
+    lm, vlm = TransformersEngineConfig(model=str(models / "tiny-lm")), str(models / "tiny-vlm")
+    model_run = ModelRunSettings(batch_size=16, rows_per_shard=16)
     return RunConfig(
         out=str(out),
         dataset=DatasetConfig(format="generic", annotations=str(data / "captions.csv"),
@@ -93,6 +102,15 @@ def demo_config(out: Path, workers: int | None = None):
                                      sampling=sampling, run=ModelRunSettings(batch_size=8, rows_per_shard=16)),
         textual_tags=TextualTagsConfig(engine=TransformersEngineConfig(model=str(models / "tiny-lm")),
                                        sampling=sampling, run=ModelRunSettings(batch_size=20, rows_per_shard=20)),
+        # MMI: the questions embedded in the tiny VLM (the paper's LVLM), two candidates per cluster
+        # answered on one sampled item, every caption and video asked every cluster's question.
+        question_clusters=QuestionClustersConfig(model=vlm),
+        demonstrations=DemonstrationsConfig(text_engine=lm, visual_engine=TransformersEngineConfig(model=vlm),
+                                            sample_size=1, max_candidates=2, sampling=answers),
+        text_skeletons=TextSkeletonsConfig(engine=lm, sampling=answers, run=model_run),
+        video_skeletons=VideoSkeletonsConfig(engine=TransformersEngineConfig(model=vlm), sampling=answers,
+                                             run=model_run),
+        skeleton_scores=SkeletonScoresConfig(engine=lm, k=3, sampling=AnswerSampling(max_tokens=8), run=model_run),
     )
 
 
@@ -115,5 +133,7 @@ def run_demo(out: Path, workers: int | None = None, report=print):
     build_tiny_vlm(out / "models" / "tiny-vlm")
     results = run_pipeline(demo_config(out, workers), report=report)
     shutil.rmtree(out / "train", ignore_errors=True)  # a new run each time, not the resumption of an old one
-    metrics = run_training(demo_training(out))
+    run_training(demo_training(out))
+    # The checkpoint's test metrics, and its ranking re-ranked by the skeleton scores (MMI Eq. 10).
+    metrics = evaluate_checkpoint(out / "train", rerank=RerankOptions(str(out)))
     return results, metrics

@@ -188,8 +188,9 @@ def run_stage(
             log.warning("%s %s: resuming, %d of %d shards already committed", stage.name, version,
                         len(committed), manifest["num_shards"])
         provenance = {**stage.provenance(config), "run": json.dumps(config_lib.to_dict(settings), sort_keys=True)}
+        context = stage.context(config, upstream) if stage.context is not None else None
         job = ShardJob(stage, config, settings, stage.output_schema(config), output,
-                       provenance_metadata({**identity, "version": version}, provenance), upstream, parts)
+                       provenance_metadata({**identity, "version": version}, provenance), upstream, parts, context)
         shards = [(s, _to_ipc(items.slice(s * size, size))) for s in pending]
         ensure_ray(runner.address)  # before the clock starts: Ray's start-up is per run, not per item
         started = time.perf_counter()

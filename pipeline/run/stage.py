@@ -60,13 +60,14 @@ class Step:
     """One step of a stage's work, run by Ray Data over each shard's items in batches.
 
     `setup(config)` runs once per worker, never on the driver (load models there), and returns
-    the batch function. With `run.num_gpus` above 0 each step runs in its own pool of workers and
-    shards stream from one step to the next, so JPEG decoding on CPU workers overlaps the model
-    on GPU workers; without, a stage's steps run one after the other in the same worker.
+    the batch function; for a stage with a `context`, `setup(config, context)`. With
+    `run.num_gpus` above 0 each step runs in its own pool of workers and shards stream from one
+    step to the next, so JPEG decoding on CPU workers overlaps the model on GPU workers; without,
+    a stage's steps run one after the other in the same worker.
     """
 
     name: str
-    setup: Callable[[Any], BatchFn]
+    setup: Callable[..., BatchFn]
     # The step the stage's run settings size: `run.workers` workers with `run.num_cpus` and
     # `run.num_gpus` each, batches of `run.batch_size`. Other steps take one CPU per worker and a
     # whole shard per call.
@@ -78,7 +79,8 @@ class Step:
     # vLLM processor): `dataset(config)` returns `transform(dataset, keep) -> dataset`, or None to
     # run the step's workers as usual. The transform gets one row per item (`workers.item_of(row)`)
     # and returns one row per item with the `keep` columns and its result (`workers.answered`).
-    dataset: Callable[[Any], Callable[[Any, tuple[str, ...]], Any] | None] | None = None
+    # For a stage with a `context`, `dataset(config, context)`.
+    dataset: Callable[..., Callable[[Any, tuple[str, ...]], Any] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,9 @@ class Stage:
     # workers read from the committed part files themselves (the driver holds only where each row
     # lies). An item without such a row fails as `upstream_failed`, with the upstream reason,
     # before any step sees it.
-    reads: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # A dict of columns names the item's field for each (`{"skeleton": "text_skeleton"}`), so two
+    # inputs' same-named columns can be read side by side.
+    reads: dict[str, tuple[str, ...] | dict[str, str]] = field(default_factory=dict)
     # Things outside the config that decide the rows (model revision, prompt sha256, ...).
     identity: Callable[[Any], dict[str, Any]] = lambda config: {}
     # Recorded in each Parquet file but not part of the version (decoder versions, ...).
@@ -105,6 +109,11 @@ class Stage:
     # does not fail after hours of the first), cheaply: no weights loaded, nothing written.
     # Raises `ConfigError` in one line naming the config key (`frame_features.model`, ...).
     check: Callable[[Any], None] = lambda config: None
+    # Small data every worker needs from the inputs as a whole rather than per item (a few KB: the
+    # question clusters' representative questions and demonstrations), built once on the driver
+    # from the input versions and handed to each step's `setup(config, context)`. It follows from
+    # the config and the input versions, so it is not part of the version.
+    context: Callable[[Any, dict[str, Version]], Any] | None = None
 
     def output_schema(self, config: Any) -> pa.Schema:
         return self.schema(config) if callable(self.schema) else self.schema
@@ -112,6 +121,10 @@ class Stage:
     @property
     def main_step(self) -> Step:
         return next(s for s in self.steps if s.main)
+
+    def set_up(self, step: Step, config: Any, context: Any) -> BatchFn:
+        """The step's batch function, given the context when the stage has one."""
+        return step.setup(config, context) if self.context is not None else step.setup(config)
 
 
 def check_device(key: str, settings: RunSettings, visible_gpus: int | None) -> None:

@@ -50,6 +50,7 @@ class ShardJob:
     metadata: dict[str, str]  # provenance for every Parquet file
     inputs: dict[str, Version]  # the input versions, by input name
     parts: dict[str, list[str]]  # per input the stage reads: its row parts (`Version.locations`)
+    context: Any = None  # `Stage.context`, built on the driver
 
 
 @dataclass
@@ -83,14 +84,15 @@ def start_shard(job: ShardJob, shard: int, payload: bytes) -> InFlight:
 def read_upstream_columns(job: ShardJob, items: list[dict]) -> None:
     """Fill in, for each input the stage reads, the wanted columns of each item's upstream row."""
     for name, columns in job.stage.reads.items():
+        fields = columns if isinstance(columns, dict) else {column: column for column in columns}
         by_part: dict[int, list[dict]] = {}
         for item in items:
             by_part.setdefault(item.pop(PART + name), []).append(item)
         for part, members in by_part.items():
-            table = job.inputs[name].read_part(job.parts[name][part], columns=list(columns))
+            table = job.inputs[name].read_part(job.parts[name][part], columns=list(fields))
             rows = table.take(pa.array([item.pop(ROW + name) for item in members], pa.int64())).to_pylist()
             for item, row in zip(members, rows):
-                item.update(row)
+                item.update({fields[column]: value for column, value in row.items()})
 
 
 def run_step(job: ShardJob, step: Step, batch_fn: BatchFn, flight: InFlight) -> InFlight:
@@ -155,7 +157,8 @@ class StepsWorker:
     def __init__(self, job: ShardJob, first: int, last: int):
         self.job = job
         self.first, self.last = first, last
-        self.steps = [(step, step.setup(job.config)) for step in job.stage.steps[first : last + 1]]
+        self.steps = [(step, job.stage.set_up(step, job.config, job.context))
+                      for step in job.stage.steps[first : last + 1]]
 
     def __call__(self, batch: pa.Table) -> dict[str, list]:
         out: dict[str, list] = {}
@@ -188,7 +191,9 @@ def pipelined(job: ShardJob) -> bool:
 def last_step_transform(job: ShardJob):
     """The Ray Data transform the last step hands its work to for this config, or None."""
     last = job.stage.steps[-1]
-    return last.dataset(job.config) if last.dataset is not None else None
+    if last.dataset is None:
+        return None
+    return last.dataset(job.config, job.context) if job.stage.context is not None else last.dataset(job.config)
 
 
 def streams(job: ShardJob) -> bool:
@@ -313,7 +318,7 @@ class _IsolationWorker:
 
     def __init__(self, job: ShardJob):
         self.job = job
-        self.steps = [(step, step.setup(job.config)) for step in job.stage.steps]
+        self.steps = [(step, job.stage.set_up(step, job.config, job.context)) for step in job.stage.steps]
 
     def process(self, flight: InFlight) -> InFlight:
         for step, batch_fn in self.steps:

@@ -39,17 +39,23 @@ def visual_tags_items(config: VisualTagsConfig, inputs) -> pa.Table:
     return fan_out(videos, "video_id", config.sampling.temperatures)
 
 
-def _decode_setup(config: VisualTagsConfig):
-    from pipeline.models.clip import decode_jpeg  # torch: in the worker, not on the driver
+def frames_decoder(source: str):
+    """The setup of a decode step: each item's JPEG `frames` (read from the `source` stage) to RGB
+    arrays in `pixels`, in the worker; a corrupt JPEG fails its item (`corrupt_frame`)."""
 
-    def decode(item: dict) -> dict | Failure:
-        try:
-            frames = [decode_jpeg(data) for data in item.pop("frames")]
-        except ValueError as exc:
-            return Failure("corrupt_frame", f"vlm_frames: {exc}")
-        return {**item, "pixels": frames}
+    def setup(*_):  # (config) or (config, context)
+        from pipeline.models.clip import decode_jpeg  # torch: in the worker, not on the driver
 
-    return lambda items: [decode(item) for item in items]
+        def decode(item: dict) -> dict | Failure:
+            try:
+                frames = [decode_jpeg(data) for data in item.pop("frames")]
+            except ValueError as exc:
+                return Failure("corrupt_frame", f"{source}: {exc}")
+            return {**item, "pixels": frames}
+
+        return lambda items: [decode(item) for item in items]
+
+    return setup
 
 
 def _words(prompt, item: dict) -> dict:
@@ -77,7 +83,8 @@ STAGE = Stage(
     config_type=VisualTagsConfig,
     schema=TAGS,
     items=visual_tags_items,
-    steps=(Step("decode", _decode_setup, main=False), Step("ask", _ask_setup, stateful=True, dataset=_ask_dataset)),
+    steps=(Step("decode", frames_decoder("vlm_frames"), main=False),
+           Step("ask", _ask_setup, stateful=True, dataset=_ask_dataset)),
     reads={"vlm_frames": ("frames",)},
     identity=tag_stage_identity,
     check=_check,

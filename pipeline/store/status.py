@@ -101,16 +101,17 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
-_ROW = "{:<14} {:<13} {:<11} {:>9} {:>7} {:>7} {:>8}  {}"
+_ROW = "{:<%d} {:<13} {:<11} {:>9} {:>7} {:>7} {:>8}  {}"
 
 
 def render(statuses: list[VersionStatus]) -> str:
     if not statuses:
         return "no stage output here"
-    lines = [_ROW.format("stage", "version", "state", "shards", "items", "rows", "failures", "created")]
+    row = _ROW % max(len("stage"), *(len(s.stage) for s in statuses))  # the longest stage name sets the column
+    lines = [row.format("stage", "version", "state", "shards", "items", "rows", "failures", "created")]
     for s in statuses:
         state = ("complete" if s.complete else "partial") + (" *" if s.latest else "")
-        line = _ROW.format(s.stage, s.version, state, f"{s.shards_committed}/{s.shards_planned}", s.items, s.rows,
+        line = row.format(s.stage, s.version, state, f"{s.shards_committed}/{s.shards_planned}", s.items, s.rows,
                            s.failures, s.created)
         if s.distinct:
             line += f"   {s.distinct}"

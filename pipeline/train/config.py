@@ -8,13 +8,15 @@ tree is saved beside each checkpoint as `config.yaml`, so `tvr eval` rebuilds ex
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.config import bounds
+from pipeline.config import ConfigError, bounds, check_bounds
 
 # The stage outputs a run reads; `data.versions` may pin any of them (else each one's LATEST).
-INPUT_STAGES = ("frame_features", "videos", "captions", "text_features", "visual_tags", "textual_tags")
+INPUT_STAGES = ("frame_features", "videos", "captions", "text_features", "visual_tags", "textual_tags",
+                "text_skeletons", "video_skeletons")
 
 
 @dataclass
@@ -35,6 +37,10 @@ class DataConfig:
     visual_tags_test: int = field(default=10, metadata=bounds(min=1))
     textual_tags_train: int = field(default=10, metadata=bounds(min=1))
     textual_tags_test: int = field(default=8, metadata=bounds(min=1))
+    # What the macvr head reads as auxiliary text when `tags` is on: MAC-VR's tag sentences, or
+    # MMI-TVR's skeletons (the video's from video_skeletons, the caption's from text_skeletons), each
+    # read whole, as the stage wrote it (the tower truncates past its context).
+    aux: Literal["tags", "skeletons"] = "tags"
     # Training frame features are read part by part and kept in an LRU cache of this many part files
     # (a 32-video part of 12 x 512 float16 frames is about 0.4 MB).
     cache_parts: int = field(default=256, metadata=bounds(min=1))
@@ -45,6 +51,8 @@ class DataConfig:
             raise ValueError(f"versions names {', '.join(unknown)}; known stages: {', '.join(INPUT_STAGES)}")
         if not self.out:
             raise ValueError("out is empty: name the pipeline's output folder")
+        if self.aux == "skeletons" and not self.tags:  # better refused than ignored
+            raise ValueError("aux is skeletons, but tags is false: set data.tags=true to give macvr the skeletons")
 
 
 @dataclass
@@ -99,6 +107,28 @@ class EvalConfig:
     qb_theta: int = field(default=1, metadata=bounds(min=1))
     querybank_size: int = field(default=5000, metadata=bounds(min=1))
     chunk: int = field(default=256, metadata=bounds(min=1))  # texts scored against all videos at once
+
+
+@dataclass
+class RerankOptions:
+    """`tvr eval --rerank OUT`: MMI-TVR's Eq. 10 over the skeleton_scores in `out` (a pipeline
+    output folder; `version` names one, else LATEST), with its weights (Sec. 5.3)."""
+
+    out: str
+    version: str | None = None
+    lambda_r: float = field(default=0.6, metadata=bounds(min=0))
+    lambda_s: float = field(default=0.3, metadata=bounds(min=0))
+
+    def __post_init__(self):
+        try:
+            check_bounds(self)
+        except ValueError as exc:  # typed on the command line: the user's to fix
+            raise ConfigError(str(exc)) from exc
+        for name in ("lambda_r", "lambda_s"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not a finite number")
+        if not self.out:
+            raise ConfigError("the skeleton_scores folder is empty: name the pipeline's output folder")
 
 
 @dataclass

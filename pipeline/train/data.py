@@ -4,12 +4,14 @@
     for rows in train.batches(32, epoch=0, seed=0):
         texts = train.texts(rows)                   # caption texts (or train.text_embeds(rows), stored)
         frames = train.frames(rows)                 # float32 [B, num_frames, dim]
-        tags = train.tag_sentences(rows, epoch=0, seed=0)  # {"visual": [...], "textual": [...]} with data.tags
+        aux = train.aux_texts(rows, epoch=0, seed=0)  # {"visual": [...], "textual": [...]} with data.tags
 
 Promises: a split is one row per caption whose video has frame features (MSR-VTT style: several
 captions per video in training, `text_to_video` mapping each test caption to its column among the
-test videos, for the metrics). Versions are the ones `data.versions` names, else each stage's
-LATEST; a missing stage output is an `InputNotReadyError` that says which command makes it.
+test videos, for the metrics). With `data.tags`, the macvr head's auxiliary text is MAC-VR's tag
+sentences, or with `data.aux: skeletons` MMI-TVR's skeletons; an item with none gets an empty one.
+Versions are the ones `data.versions` names, else each stage's LATEST; a missing stage output is an
+`InputNotReadyError` that says which command makes it.
 Frame features are read per part file through an LRU cache of `data.cache_parts` parts, never the
 whole dataset at once; the test split's videos are read once and held (small, scored every epoch).
 """
@@ -39,17 +41,30 @@ _HOW = {
     "text_features": "run `tvr run CONFIG --stages text_features`, or set data.text_features=false",
     "visual_tags": "run `tvr run CONFIG --stages visual_tags`, or set data.tags=false",
     "textual_tags": "run `tvr run CONFIG --stages textual_tags`, or set data.tags=false",
+    "text_skeletons": "run `tvr run CONFIG --stages text_skeletons`, or set data.aux=tags",
+    "video_skeletons": "run `tvr run CONFIG --stages video_skeletons`, or set data.aux=tags",
+    "skeleton_scores": "run `tvr run CONFIG --stages skeleton_scores` (its candidates: `tvr eval CHECKPOINT "
+                       "--write-topk K`, or CLIP's)",
 }
 
 
 def _output(store: Store, data: DataConfig, stage: str) -> Version:
     """The version of `stage` the config names, else LATEST; a clear error when there is none."""
-    version = data.versions.get(stage)
+    return _complete(store, data.out, stage, data.versions.get(stage))
+
+
+def _complete(store: Store, out: str, stage: str, version: str | None) -> Version:
     found = complete_version(store, stage, version)
     if found is None:
         named = f"complete {stage} version {version}" if version else stage
-        raise InputNotReadyError(f"no {named} in {data.out}: {_HOW[stage]}")
+        raise InputNotReadyError(f"no {named} in {out}: {_HOW[stage]}")
     return found
+
+
+def skeleton_scores(out: str, version: str | None = None) -> Version:
+    """The skeleton_scores version named (else LATEST) in the pipeline output folder `out`; an
+    `InputNotReadyError` naming the command that makes it when there is none."""
+    return _complete(Store.open(out), out, "skeleton_scores", version)
 
 
 def frames_of(features: np.ndarray, num_frames: int) -> np.ndarray:
@@ -110,6 +125,8 @@ class Split:
     held: torch.Tensor | None = None  # every video's frames, float16, once `hold()` read them
     stored_text: np.ndarray | None = None  # float16 [captions, d] from text_features, when read
     categories: list[str | None] | None = None  # per video, the manifest's `extra.category` (MSR-VTT)
+    visual_skeletons: list[str] | None = None  # per video, with data.aux=skeletons ("" for a video without one)
+    textual_skeletons: list[str] | None = None  # per caption, likewise
 
     def reference_videos(self, m: int, seed: int) -> np.ndarray:
         """m video indices for LSDO's shared features (Eq. 4): one video from each category, in
@@ -174,6 +191,22 @@ class Split:
                          for t, i in zip(per_row, rows)]
         return out
 
+    def aux_texts(self, rows, epoch: int | None, seed: int = 0) -> dict[str, list[str]]:
+        """The auxiliary text the macvr head reads per caption row, for it ("textual") and for its
+        video ("visual"): the skeletons when the split holds them, else `tag_sentences`."""
+        if self.visual_skeletons is None or self.textual_skeletons is None:
+            return self.tag_sentences(rows, epoch, seed)
+        return {"visual": [self.visual_skeletons[self.text_to_video[i]] for i in rows],
+                "textual": [self.textual_skeletons[i] for i in rows]}
+
+    def video_aux_texts(self, videos=None) -> list[str] | None:
+        """Each of the split's videos' auxiliary text (all, or these indices): its skeleton when
+        the split holds them, else `video_tag_sentences`; None when there is none."""
+        if self.visual_skeletons is None:
+            return self.video_tag_sentences(videos)
+        indices = range(len(self.video_ids)) if videos is None else videos
+        return [self.visual_skeletons[v] for v in indices]
+
     def video_tag_sentences(self, videos=None) -> list[str] | None:
         """The first M visual tags of each of the split's videos (all, or these indices), as
         sentences; None when tags are off."""
@@ -183,8 +216,10 @@ class Split:
         return [tag_sentence(first_tags(self.visual_tags[v], self.visual_n[1])) for v in indices]
 
 
-def _split(name: str, captions: dict, features: FrameStore, visual: dict | None, textual: dict | None,
-           data: DataConfig, categories: dict[str, str]) -> Split:
+def _split(name: str, captions: dict, features: FrameStore, aux: dict[str, dict | None], data: DataConfig,
+           categories: dict[str, str]) -> Split:
+    """The split's rows; `aux`: "visual"/"textual" tags by item id, or with "skeletons" the
+    skeletons by video and caption id (None: not read). Items without any get an empty one."""
     rows = [i for i, s in enumerate(captions["split"]) if s == name]
     kept = [i for i in rows if captions["video_id"][i] in features.where]
     if len(kept) < len(rows):
@@ -196,6 +231,7 @@ def _split(name: str, captions: dict, features: FrameStore, visual: dict | None,
     video_ids = sorted({captions["video_id"][i] for i in kept})
     index = {v: k for k, v in enumerate(video_ids)}
     caption_ids = [captions["caption_id"][i] for i in kept]
+    visual, textual, skeletons = aux["visual"], aux["textual"], aux["skeletons"]
     return Split(
         name=name, caption_ids=caption_ids, captions=[captions["text"][i] for i in kept], video_ids=video_ids,
         text_to_video=np.array([index[captions["video_id"][i]] for i in kept], np.int64), frame_store=features,
@@ -204,6 +240,8 @@ def _split(name: str, captions: dict, features: FrameStore, visual: dict | None,
         visual_n=(data.visual_tags_train, data.visual_tags_test),
         textual_n=(data.textual_tags_train, data.textual_tags_test),
         categories=[categories.get(v) for v in video_ids] if categories else None,
+        visual_skeletons=None if skeletons is None else [skeletons["video"].get(v, "") for v in video_ids],
+        textual_skeletons=None if skeletons is None else [skeletons["caption"].get(c, "") for c in caption_ids],
     )
 
 
@@ -227,16 +265,19 @@ def load_splits(data: DataConfig) -> tuple[Split, Split, dict]:
     checkpoint = {"model": model, "revision": identity["config"].get("revision"), "versions": versions}
     captions = output("captions").table(columns=["caption_id", "video_id", "text", "split"])
     captions = captions.to_pydict()
-    visual = textual = None
-    if data.tags:
-        visual = _tag_map(merged_tags(output("visual_tags")))
-        textual = _tag_map(merged_tags(output("textual_tags")))
+    aux: dict[str, dict | None] = {"visual": None, "textual": None, "skeletons": None}
+    if data.tags and data.aux == "skeletons":
+        aux["skeletons"] = {"video": _skeleton_map(output("video_skeletons"), "video_id"),
+                            "caption": _skeleton_map(output("text_skeletons"), "caption_id")}
+    elif data.tags:
+        aux["visual"] = _tag_map(merged_tags(output("visual_tags")))
+        aux["textual"] = _tag_map(merged_tags(output("textual_tags")))
     frames = FrameStore(features, data.num_frames, data.cache_parts)
     videos = output("videos").table(columns=["video_id", "extra"]).to_pydict()
     categories = {v: json.loads(e).get("category") for v, e in zip(videos["video_id"], videos["extra"]) if e}
     categories = {v: str(c) for v, c in categories.items() if c is not None}
-    train = _split(data.train_split, captions, frames, visual, textual, data, categories)
-    test = _split(data.test_split, captions, frames, visual, textual, data, categories)
+    train = _split(data.train_split, captions, frames, aux, data, categories)
+    test = _split(data.test_split, captions, frames, aux, data, categories)
     test.hold()
     if data.text_features:
         used = _attach_text_features(store, data, checkpoint, (train, test))
@@ -278,3 +319,9 @@ def _attach_text_features(store: Store, data: DataConfig, checkpoint: dict, spli
 def _tag_map(table) -> dict[str, list[str]]:
     columns = table.select(["item_id", "tags"]).to_pydict()
     return dict(zip(columns["item_id"], columns["tags"]))
+
+
+def _skeleton_map(skeletons: Version, key: str) -> dict[str, str]:
+    """Item id -> its skeleton (the answers in cluster order), from text_ or video_skeletons."""
+    columns = skeletons.table(columns=[key, "skeleton"]).to_pydict()
+    return dict(zip(columns[key], columns["skeleton"]))

@@ -2,6 +2,7 @@
 
     metrics = run_training(config.load(TrainConfig, "jobs/configs/train/msrvtt_xpool.yaml"))
     again = evaluate_checkpoint("runs/train/checkpoint.pt")     # the same numbers
+    reranked = evaluate_checkpoint("runs/train", rerank=RerankOptions("runs/msrvtt"))  # + MMI-TVR Eq. 10
 
 Video features come precomputed from `frame_features`; text goes through the CLIP text tower of
 the same checkpoint (frozen when `optim.text_lr` is 0). After every epoch the test split is scored
@@ -9,7 +10,9 @@ with each inference strategy (none, DSL, QB-Norm) in both directions, appended t
 `OUTPUT_DIR/metrics.json`, and `checkpoint.pt` (head, and the text encoder when trained) is saved
 with the resolved `config.yaml` beside it, with the optimiser and random state: a run cut off
 goes on from its last epoch when started again with the same config (and gives the same numbers),
-and an OUTPUT_DIR that holds another run is refused. Seeded (python, numpy, torch); CPU or one GPU
+and an OUTPUT_DIR that holds another run is refused. `evaluate_checkpoint` also re-ranks the plain
+similarity by MMI-TVR's skeleton scores (Eq. 10, text-to-video) and writes each test caption's top-K
+videos, the candidates the skeleton_scores stage scores. Seeded (python, numpy, torch); CPU or one GPU
 (bf16 autocast on CUDA).
 """
 
@@ -21,6 +24,7 @@ import logging
 import math
 import os
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +36,12 @@ from tqdm.auto import tqdm
 
 from pipeline import config as config_lib
 from pipeline.config import ConfigError
+from pipeline.store.storage import parquet_bytes
 from pipeline.store.version import DamagedOutputError
-from pipeline.train.config import TrainConfig
-from pipeline.train.data import Split, load_splits
+from pipeline.train.config import RerankOptions, TrainConfig
+from pipeline.train.data import Split, load_splits, skeleton_scores
 from pipeline.train.heads import Head, Lsdo, Texts, Videos, build_head
-from pipeline.train.inference import dual_softmax, qb_norm
+from pipeline.train.inference import dual_softmax, qb_norm, skeleton_rerank, top_k_table
 from pipeline.train.metrics import retrieval_metrics, video_to_text_metrics
 
 STRATEGIES = ("none", "dsl", "qbnorm")
@@ -112,20 +117,22 @@ class TextEncoder(nn.Module):
 
 
 def training_batch(encoder: TextEncoder, head: Head, split: Split, rows, epoch: int, seed: int) -> tuple[Texts, Videos]:
-    """Pair i = (caption rows[i], its video), with N sampled tags a side when the head reads them."""
+    """Pair i = (caption rows[i], its video), with auxiliary text a side (N sampled tags, or the
+    skeletons) when the head reads it."""
     texts = Texts(split.text_embeds(rows).to(encoder.device)) if reads_stored_text(encoder, head, split) else \
         encoder(split.texts(rows), words=head.reads_words)
     videos = Videos(split.frames(rows).to(encoder.device, non_blocking=True))
     if head.reads_tags:
-        sentences = split.tag_sentences(rows, epoch, seed)
+        sentences = split.aux_texts(rows, epoch, seed)
         texts.tags, videos.tags = encoder(sentences["textual"]).embeds, encoder(sentences["visual"]).embeds
     return texts, videos
 
 
 def eval_texts(encoder: TextEncoder, head: Head, split: Split, rows=None) -> Texts:
-    """The split's captions (all, or these rows), with the first M tags when the head reads them."""
+    """The split's captions (all, or these rows), with their auxiliary text (the first M tags, or
+    the skeleton) when the head reads it."""
     rows = range(len(split)) if rows is None else rows
-    tags = split.tag_sentences(rows, epoch=None)["textual"] if head.reads_tags else None
+    tags = split.aux_texts(rows, epoch=None)["textual"] if head.reads_tags else None
     if not reads_stored_text(encoder, head, split):
         return encoder.encode(split.texts(rows), words=head.reads_words, tags=tags)
     texts = Texts(split.text_embeds(rows).to(encoder.device))
@@ -140,8 +147,9 @@ def reads_stored_text(encoder: TextEncoder, head: Head, split: Split) -> bool:
 
 
 def eval_videos(encoder: TextEncoder, head: Head, split: Split, videos=None) -> Videos:
-    """The split's videos (all, or these indices), with the first M visual tags when the head reads them."""
-    tags = split.video_tag_sentences(videos) if head.reads_tags else None
+    """The split's videos (all, or these indices), with their auxiliary text (the first M visual
+    tags, or the skeleton) when the head reads it."""
+    tags = split.video_aux_texts(videos) if head.reads_tags else None
     return Videos(split.video_frames(videos).to(encoder.device),
                   None if tags is None else encoder.encode(tags).embeds)
 
@@ -168,12 +176,20 @@ def evaluate(head: Head, encoder: TextEncoder, train: Split, test: Split, config
     DSL and QB-Norm as REFERENCE.md fixes them. QB-Norm's querybanks come from the training split
     (never the test): `eval.querybank_size` training captions against the test videos (t2v), and as
     many training videos against the test captions (v2t), both drawn with the run's seed."""
+    return evaluate_with_similarity(head, encoder, train, test, config)[0]
+
+
+@torch.no_grad()
+def evaluate_with_similarity(head: Head, encoder: TextEncoder, train: Split, test: Split, config: TrainConfig
+                             ) -> tuple[dict, torch.Tensor]:
+    """`evaluate`'s metrics, and the plain test similarity [texts, videos] they were computed from."""
     with torch.random.fork_rng():  # T-MASS draws its M samples from the seed, and training's stream goes on
         torch.manual_seed(config.seed)
         return _evaluate(head, encoder, train, test, config)
 
 
-def _evaluate(head: Head, encoder: TextEncoder, train: Split, test: Split, config: TrainConfig) -> dict:
+def _evaluate(head: Head, encoder: TextEncoder, train: Split, test: Split, config: TrainConfig
+              ) -> tuple[dict, torch.Tensor]:
     head.eval()
     encoder.eval()
     ev = config.eval
@@ -197,18 +213,34 @@ def _evaluate(head: Head, encoder: TextEncoder, train: Split, test: Split, confi
         "qbnorm": (qb_norm(sim, bank_t2v, **qb), qb_norm(sim.T, bank_v2t, **{**qb, "k": min(ev.qb_k, len(sim))}).T),
     }
     t2v = test.text_to_video
-    return {"t2v": {name: retrieval_metrics(s, t2v) for name, (s, _) in scored.items()},
-            "v2t": {name: video_to_text_metrics(s, t2v) for name, (_, s) in scored.items()}}
+    return ({"t2v": {name: retrieval_metrics(s, t2v) for name, (s, _) in scored.items()},
+             "v2t": {name: video_to_text_metrics(s, t2v) for name, (_, s) in scored.items()}}, sim)
+
+
+RERANKED = "none+rerank"  # the metrics' name for the plain similarity re-ranked by Eq. 10
 
 
 def format_metrics(metrics: dict) -> str:
-    """One line per direction and strategy: R@1/5/10, MdR, MnR."""
+    """One line per direction and strategy: R@1/5/10, MdR, MnR; then, when the metrics hold a
+    re-ranking, what it read (`rerank_note`)."""
+    width = max([7, *(len(name) for direction in ("t2v", "v2t") for name in metrics[direction])])
     lines = []
     for direction in ("t2v", "v2t"):
         for name, m in metrics[direction].items():
-            lines.append(f"{direction} {name:<7} R@1 {m['R1']:5.1f}  R@5 {m['R5']:5.1f}  R@10 {m['R10']:5.1f}  "
+            lines.append(f"{direction} {name:<{width}} R@1 {m['R1']:5.1f}  R@5 {m['R5']:5.1f}  R@10 {m['R10']:5.1f}  "
                          f"MdR {m['MdR']:6.1f}  MnR {m['MnR']:7.1f}")
+    if "rerank" in metrics:
+        lines.append(rerank_note(metrics["rerank"]))
     return "\n".join(lines)
+
+
+def rerank_note(info: dict) -> str:
+    """One line: which skeleton_scores the re-ranked row read, with what weights, and its pairs."""
+    return (f"{RERANKED}: t2v only, the plain similarity re-ranked by MMI-TVR Eq. 10 (lambda_r {info['lambda_r']}, "
+            f"lambda_s {info['lambda_s']}) with skeleton_scores {info['version']} (candidates: "
+            f"{', '.join(info['candidates']) or 'none'}): {info['pairs']} pairs of {info['captions']} test captions, "
+            f"{info['scored']} scored, {info['unscored']} without a score (left in place), "
+            f"{info['outside']} outside the test split (ignored)")
 
 
 # ---- training ---------------------------------------------------------------------------------------
@@ -322,6 +354,14 @@ def _differences(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _with_defaults(saved, defaults):
+    """`saved` with the keys it lacks taken from `defaults`, at every level where both are mappings."""
+    if not isinstance(saved, dict) or not isinstance(defaults, dict):
+        return saved
+    return {**{key: value for key, value in defaults.items() if key not in saved},
+            **{key: _with_defaults(value, defaults.get(key)) for key, value in saved.items()}}
+
+
 def _saved_run(out: Path, config: TrainConfig) -> dict | None:
     """The checkpoint to resume from when OUTPUT_DIR holds this run (the same resolved config, the
     progress bar aside); None when it holds no checkpoint; an error when it holds another run, and
@@ -330,6 +370,9 @@ def _saved_run(out: Path, config: TrainConfig) -> dict | None:
     if not file.is_file():
         return None
     saved = _read_saved_config(out / "config.yaml") if (out / "config.yaml").is_file() else {}
+    if saved:  # a key added to the config since the run was saved (data.aux, say) reads as its default, as it trained
+        defaults = config_lib.to_dict(config_lib.build(TrainConfig, {"data": {"out": config.data.out}}))
+        saved = _with_defaults(saved, defaults)
     differ = [d for d in _differences(saved, config_lib.to_dict(config)) if d != "progress"]
     if differ:
         raise ConfigError(f"{out} holds another run (its config differs in {', '.join(differ[:4])}"
@@ -408,15 +451,26 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
-def evaluate_checkpoint(path: str | Path) -> dict:
+def evaluate_checkpoint(path: str | Path, rerank: RerankOptions | None = None, topk: int | None = None,
+                        topk_out: str | Path | None = None) -> dict:
     """The test metrics of a saved checkpoint (a `checkpoint.pt` or its folder), rebuilt from the
-    `config.yaml` beside it; equal to the metrics its epoch recorded."""
+    `config.yaml` beside it; equal to the metrics its epoch recorded.
+
+    With `rerank`, also the plain similarity re-ranked by the skeleton scores (MMI-TVR Eq. 10,
+    text-to-video only), as t2v's "none+rerank", and under "rerank" what it read. With `topk`, each
+    test caption's `topk` most similar test videos by the plain similarity are written to `topk_out`
+    (default: `topk.parquet` beside the checkpoint) and "topk" says where. K and the skeleton_scores
+    output are checked before the model is evaluated: a missing one is an `InputNotReadyError`
+    naming the command that makes it."""
     from pipeline.models.clip import resolve_device
 
     path = Path(path)
     file = path / "checkpoint.pt" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no checkpoint at {file}")
+    if topk is not None and topk < 1:
+        raise ConfigError(f"top-K needs K >= 1, got {topk}")
+    scores = skeleton_scores(rerank.out, rerank.version) if rerank is not None else None  # before the work
     saved_config = file.parent / "config.yaml"
     if not saved_config.is_file():
         raise DamagedOutputError(f"{saved_config} is missing: {file.name} is evaluated with the config saved beside it")
@@ -436,4 +490,30 @@ def evaluate_checkpoint(path: str | Path) -> dict:
         if state["text_encoder"] is not None:
             encoder.model.load_state_dict(state["text_encoder"])
         head.load_state_dict(state["head"])
-    return {"epoch": state["epoch"], **evaluate(head, encoder, train, test, config)}
+    metrics, sim = evaluate_with_similarity(head, encoder, train, test, config)
+    result = {"epoch": state["epoch"], **metrics}
+    if rerank is not None:
+        pairs = scores.table(columns=["caption_id", "video_id", "score", "candidates"])
+        reranked, stats = skeleton_rerank(sim, pairs, test.caption_ids, test.video_ids, rerank.lambda_r,
+                                          rerank.lambda_s)
+        result["t2v"][RERANKED] = retrieval_metrics(reranked, test.text_to_video)
+        result["rerank"] = {"version": scores.version, "lambda_r": rerank.lambda_r, "lambda_s": rerank.lambda_s,
+                            "candidates": sorted(set(pairs.column("candidates").to_pylist())), **asdict(stats)}
+    if topk is not None:
+        # No path in the provenance: the file's bytes (which name the candidates) stay the same if the run moves.
+        provenance = {"head": config.model.head, "epoch": state["epoch"], "versions": checkpoint["versions"]}
+        result["topk"] = write_topk(sim, test, topk, Path(topk_out) if topk_out else file.parent / "topk.parquet",
+                                    provenance)
+    return result
+
+
+def write_topk(sim: torch.Tensor, test: Split, k: int, path: Path, provenance: dict) -> dict:
+    """Each test caption's k most similar test videos (`pipeline.store.schema.TOPK`) written
+    atomically to `path`, with `provenance` (and k) as the file's "tvr.topk" metadata; returns
+    {"path", "k", "rows"}. A k larger than the test videos gives every video (and k is their number)."""
+    k = min(k, len(test.video_ids))
+    table = top_k_table(sim, test.caption_ids, test.video_ids, k)
+    data = parquet_bytes(table, {"tvr.topk": json.dumps({**provenance, "k": k}, sort_keys=True)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, lambda f: f.write(data))
+    return {"path": str(path), "k": k, "rows": table.num_rows}
