@@ -153,6 +153,7 @@ def _cmd_export_tags(args) -> int:
 
 def _cmd_prompts_list(args) -> int:
     from pipeline.engines.prompts import PromptError, list_prompts, load_prompt, prompts_folder
+    from pipeline.mmi.pools import PoolError, list_pools, load_pool
 
     folder = prompts_folder(args.folder)
     names = list_prompts(folder)
@@ -169,6 +170,14 @@ def _cmd_prompts_list(args) -> int:
             print(row.format(name, "?", "error: " + " ".join(str(exc).split())))
             continue
         print(row.format(name, prompt.sha256[:12], ", ".join(prompt.variables) or "-"))
+    for name in list_pools(folder):  # the MMI question pools, plain text beside the templates
+        try:
+            pool = load_pool(name, folder)
+        except PoolError as exc:
+            broken += 1
+            print(row.format(name, "?", "error: " + " ".join(str(exc).split())))
+            continue
+        print(row.format(name, pool.sha256[:12], f"question pool: {len(pool.questions)} questions"))
     print(f"in {folder}")
     return 2 if broken else 0
 

@@ -69,7 +69,8 @@ def test_status_is_accurate(demo_out):
         fails = ds.dataset(demo_out / "failures" / stage / s.version, format="parquet").count_rows()
         assert (s.rows, s.failures, s.items) == (rows, fails, rows + fails)
         assert s.complete and s.latest and s.shards_committed == s.shards_planned == 5
-        assert f"{stage:<14} {s.version}" in printed
+        width = max(len(name) for name in statuses)  # the longest stage name sets the column
+        assert f"\n{stage:<{width}} {s.version}" in printed
     assert (statuses["videos"].items, statuses["videos"].rows) == (10, 10)
     assert (statuses["captions"].items, statuses["captions"].rows) == (10, 10)
     assert statuses["manifest"].rows == 1  # the one problem: a caption whose video is missing

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from mmi_engine import COLOURS
 from PIL import Image
 
-from mmi_engine import COLOURS
 from pipeline.engines.config import PluginEngineConfig
 from pipeline.mmi.asking import skeleton_request_id
 from pipeline.mmi.demonstrations import select_demonstration
@@ -42,8 +42,9 @@ VIDEO_COLOURS = {"v0": "red", "v1": "green", "v2": "blue"}
 CAPTION_TEXTS = {"c0": ("v0", "a red square turns"), "c1": ("v0", "something red moves slowly"),
                  "c2": ("v1", "a green field"), "c3": ("v1", "green leaves in the wind"),
                  "c4": ("v2", "blue sky at noon"), "c5": ("v2", "a blue wall")}
-TEXT_POOL = ["What key concepts are mentioned in this text?", "Which events are occurring, and which entities are involved?",
-             "What objects are named?", "What colours are named in the text?", "Where does it happen?"]
+TEXT_POOL = ["What key concepts are mentioned in this text?",
+             "Which events are occurring, and which entities are involved?", "What objects are named?",
+             "What colours are named in the text?", "Where does it happen?"]
 VISUAL_POOL = ["What are the important entities in this video?",
                "What are the relationships of these entities in this video?",
                "What colour dominates the frames?", "Where is this video filmed?"]
@@ -257,3 +258,40 @@ def test_editing_one_question_gives_new_versions_from_question_clusters_on_only(
     assert {name for name in before if before[name] != after[name]} == set(MMI_STAGES)
     assert versions(_pools(tmp_path / "a")) == before  # the pools as they were: the versions as they were
 
+
+
+def _fake_processor(config, to_request, *, keep=(), chat=True, multimodal=False, **overrides):
+    """`VllmEngine.processor` without vLLM: each row's request answered "answer <request id>" (or
+    an error row for an id holding "#c01" of c4), carrying the `keep` columns, as the real one does."""
+    from dataclasses import asdict
+
+    from pipeline.engines.base import GenerationResult
+
+    def answer(row: dict) -> dict:
+        request = to_request(row)
+        failed = request.id == "c4#c01"
+        result = GenerationResult(request.id, "" if failed else f"answer {request.id}", "error" if failed else "stop",
+                                  error="engine died" if failed else None)
+        return {**asdict(result), **{name: row[name] for name in keep}}
+
+    return lambda dataset: dataset.map(answer)
+
+
+def test_skeletons_through_ray_data_llm_spread_per_cluster_and_gather_per_item(mmi_run, monkeypatch):
+    from pipeline.engines.config import VllmEngineConfig
+    from pipeline.engines.vllm_engine import VllmEngine
+    from pipeline.store.version import Version
+
+    monkeypatch.setattr(VllmEngine, "processor", classmethod(lambda cls, *a, **k: _fake_processor(*a, **k)))
+    store, inputs, _, _ = mmi_run
+    config = TextSkeletonsConfig(engine=VllmEngineConfig(model="org/llm"))
+    stage = STAGES["text_skeletons"]
+    result = run_stage(store, stage, config, {i: inputs[i] for i in stage.inputs}, RUNNER)
+    version = Version(store, "text_skeletons", result.version)
+    rows = {r["caption_id"]: r for r in version.table().to_pylist()}
+    assert sorted(rows) == ["c0", "c1", "c2", "c3", "c5"]
+    assert rows["c2"]["answers"] == ["answer c2#c00", "answer c2#c01"] and rows["c2"]["video_id"] == "v1"
+    assert rows["c2"]["skeleton"] == "answer c2#c00 answer c2#c01"
+    failures = version.failures().to_pylist()
+    assert [(f["item_id"], f["reason"]) for f in failures] == [("c4", "generation_error")]
+    assert "cluster 1" in failures[0]["message"] and "engine died" in failures[0]["message"]

@@ -151,7 +151,7 @@ QUESTION_CLUSTERS = pa.schema(
         pa.field("question_index", pa.int32(), nullable=False),  # 0-based, in the pool file's order
         pa.field("line", pa.int32(), nullable=False),  # 1-based line of the pool file
         pa.field("question", pa.string(), nullable=False),
-        pa.field("cluster", pa.int32(), nullable=False),  # 0-based, clusters numbered by their nearest question
+        pa.field("cluster", pa.int32(), nullable=False),  # 0-based, numbered in the pool order of their first question
         pa.field("distance", pa.float64(), nullable=False),  # Euclidean, to the cluster's centre (Eq. 5)
         pa.field("rank", pa.int32(), nullable=False),  # in its cluster, by distance: 0 = nearest the centre
         pa.field("cluster_size", pa.int32(), nullable=False),
