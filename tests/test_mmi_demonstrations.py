@@ -96,3 +96,15 @@ def test_no_eligible_candidate_is_an_error():
         select_demonstration([candidate("q", "", "error"), candidate("q", None, "error")])
     with pytest.raises(ValueError, match="candidate demonstration 1"):
         select_demonstration([candidate("q", "a"), {"question": "q"}])
+
+
+def test_an_empty_answer_is_chosen_only_when_every_answer_is_empty():
+    candidates = [{"question": "What?", "answer": "", "finish_reason": "stop"},
+                  {"question": "What is it?", "answer": "a dog", "finish_reason": "length"},
+                  {"question": "Who is there and why?", "answer": "two people talk", "finish_reason": "stop"}]
+    assert select_demonstration(candidates) == 2  # complete beats cut, and both beat empty
+    assert select_demonstration(candidates[:2]) == 1  # a cut answer beats an empty one
+    assert select_demonstration(candidates[:1]) == 0
+    blank = [{"question": "Where is it?", "answer": "  \n", "finish_reason": "stop"},
+             {"question": "What?", "answer": "", "finish_reason": "length"}]
+    assert select_demonstration(blank) == 1  # all empty: Eq. 7 decides (the shorter question)

@@ -45,16 +45,21 @@ def select_demonstration(candidates: list[dict], answer_terms: Iterable[str] = D
     (words(question), words(answer), count_answer_terms(answer)) wins, the earliest on a tie.
 
     A candidate whose `finish_reason` is "error" is never chosen; one cut at the length limit
-    ("length") only when no complete candidate exists. ValueError when no candidate is eligible."""
+    ("length") only when no complete candidate exists; an empty answer (no words: Eq. 7's shortest,
+    and nothing to teach) only when every other answer is empty too. ValueError when no candidate
+    is eligible."""
     if not candidates:
         raise ValueError("no candidate demonstrations to choose from")
     terms = tuple(answer_terms)
     reasons = [candidate.get("finish_reason") for candidate in candidates]
-    complete = [i for i, reason in enumerate(reasons) if reason not in (_ERROR, _CUT)]
-    eligible = complete or [i for i, reason in enumerate(reasons) if reason == _CUT]
+    criteria = {i: _criteria(c, i, terms) for i, c in enumerate(candidates) if reasons[i] != _ERROR}
+    tiers = ([i for i in criteria if reasons[i] != _CUT and criteria[i][1] > 0],
+             [i for i in criteria if reasons[i] == _CUT and criteria[i][1] > 0],
+             list(criteria))
+    eligible = next((tier for tier in tiers if tier), [])
     if not eligible:
         raise ValueError(f"none of the {len(candidates)} candidate demonstrations has an answer (all failed)")
-    return min(eligible, key=lambda i: (*_criteria(candidates[i], i, terms), i))
+    return min(eligible, key=lambda i: (*criteria[i], i))
 
 
 def _criteria(candidate: dict, index: int, terms: tuple[str, ...]) -> tuple[int, int, int]:
