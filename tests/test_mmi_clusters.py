@@ -323,3 +323,13 @@ def test_sentence_embeddings_through_a_local_sentence_transformer(tmp_path):
             hidden = bert(**tokenizer(question, return_tensors="pt")).last_hidden_state[0]
         np.testing.assert_allclose(vector, hidden.mean(dim=0).numpy(), rtol=1e-4, atol=1e-6)
     assert sentence_embeddings([], str(tmp_path / "st")).shape == (0, 16)
+    # The question_clusters stage's embedding option reaches the same model.
+    from pipeline.mmi.pools import load_pool
+    from pipeline.stages.question_clusters import QuestionClustersConfig, cluster_pool, embed_questions
+
+    (tmp_path / "pools").mkdir()
+    (tmp_path / "pools" / "tiny.txt").write_text("What is the man doing?\nwho plays a song\nwho plays a guitar\n")
+    config = QuestionClustersConfig(embedding="sentence_transformers", model=str(tmp_path / "st"), k=2)
+    np.testing.assert_array_equal(embed_questions(config, questions), vectors)
+    clustering = cluster_pool(config, load_pool("tiny", tmp_path / "pools"))
+    assert clustering.k == 2 and sorted(i for c in clustering.clusters for i in c) == [0, 1, 2]

@@ -21,7 +21,7 @@ import yaml
 from pipeline import config as config_lib
 from pipeline.cli import main
 from pipeline.config import ConfigError
-from pipeline.mmi.rerank import RerankStats, candidates_from_pairs, count_pairs, rerank
+from pipeline.mmi.rerank import RerankStats, candidates_from_pairs, count_pairs, rerank, top_k_table
 from pipeline.store.dataset_manifest import write_dataset_manifest
 from pipeline.store.schema import (
     CAPTIONS,
@@ -39,7 +39,6 @@ from pipeline.store.version import InputNotReadyError, Version, now, provenance_
 from pipeline.train import loop
 from pipeline.train.config import RerankOptions, TrainConfig
 from pipeline.train.data import load_splits
-from pipeline.train.inference import top_k_table
 from pipeline.train.loop import evaluate_checkpoint, run_training
 from pipeline.train.metrics import retrieval_metrics
 

@@ -291,3 +291,61 @@ def test_skeletons_through_ray_data_llm_spread_per_cluster_and_gather_per_item(m
     failures = version.failures().to_pylist()
     assert [(f["item_id"], f["reason"]) for f in failures] == [("c4", "generation_error")]
     assert "cluster 1" in failures[0]["message"] and "engine died" in failures[0]["message"]
+
+
+def test_stats_report_each_pools_clusters_demonstrations_and_the_score_distribution(mmi_run):
+    from pipeline.mmi.stats import format_mmi_statistics, mmi_statistics
+
+    store, inputs, _, _ = mmi_run
+    pools, scores = mmi_statistics(store.root)
+    demonstrations = {(r["pool"], r["cluster"]): r for r in inputs["demonstrations"].table().to_pylist()}
+    assert [p.pool for p in pools] == ["text", "visual"]
+    for pool, size in zip(pools, (len(TEXT_POOL), len(VISUAL_POOL))):
+        assert (pool.questions, pool.k, pool.k_chosen_by) == (size, 2, "config")
+        assert sum(c.size for c in pool.clusters) == size
+        for c in pool.clusters:
+            demo = demonstrations[(pool.pool, c.cluster)]
+            assert (c.representative, c.answer, c.item_id) == (demo["question"], demo["answer"], demo["item_id"])
+    # each caption's own video answers 0.9, the other candidate 0.1 (tests/mmi_engine.py)
+    assert (scores.pairs, scores.scored) == (10, 10)
+    assert scores.histogram[1] == 5 and scores.histogram[9] == 5 and sum(scores.histogram) == 10
+    assert scores.quantiles["min"] == pytest.approx(0.1) and scores.quantiles["max"] == pytest.approx(0.9)
+    printed = format_mmi_statistics(pools, scores)
+    assert "text question pool: 5 questions, k = 2 (chosen by config)" in printed
+    assert "skeleton scores: 10 pairs, 10 with a probability, 0 without" in printed
+
+
+def test_splits_limit_which_items_get_skeletons(mmi_run):
+    _, inputs, _, _ = mmi_run
+    text, video = STAGES["text_skeletons"], STAGES["video_skeletons"]
+    assert text.items(TextSkeletonsConfig(splits=["train"]), inputs).num_rows == 0
+    assert text.items(TextSkeletonsConfig(splits=["train", "test"]), inputs).num_rows == 6
+    videos = video.items(VideoSkeletonsConfig(splits=["test"]), inputs).column("video_id").to_pylist()
+    assert videos == ["v0", "v1", "v2"]
+    assert video.items(VideoSkeletonsConfig(splits=["val"]), inputs).num_rows == 0
+
+
+def test_candidates_from_a_topk_file_take_each_captions_first_k_of_the_split(mmi_run, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.config import ConfigError
+    from pipeline.store.schema import TOPK
+
+    _, inputs, _, _ = mmi_run
+    rows = [{"caption_id": c, "video_id": v, "rank": r, "similarity": 1.0 - r / 10}
+            for c in ("c0", "c1", "elsewhere") for r, v in enumerate(("v2", "v0", "v1"))]
+    pq.write_table(pa.Table.from_pylist(rows, schema=TOPK), tmp_path / "topk.parquet")
+    stage = STAGES["skeleton_scores"]
+    config = SkeletonScoresConfig(engine=_engine(), candidates=str(tmp_path / "topk.parquet"), k=2)
+    items = stage.items(config, inputs).to_pylist()
+    assert [(i["caption_id"], i["video_id"], i["candidate_rank"]) for i in items] == [
+        ("c0", "v2", 0), ("c0", "v0", 1), ("c1", "v2", 0), ("c1", "v0", 1)]  # "elsewhere" is in no split
+    assert items[1]["similarity"] == pytest.approx(0.9) and items[0]["candidates"].startswith("topk:")
+    identity = stage.identity(config)
+    pq.write_table(pa.Table.from_pylist(rows[:3], schema=TOPK), tmp_path / "topk.parquet")
+    assert stage.identity(config)["candidates_sha256"] != identity["candidates_sha256"]  # a new file, a new version
+    pq.write_table(pa.table({"caption_id": ["c0"]}), tmp_path / "other.parquet")
+    with pytest.raises(ConfigError, match="not a top-K file"):
+        stage.items(SkeletonScoresConfig(candidates=str(tmp_path / "other.parquet")), inputs)
+    with pytest.raises(ConfigError, match="no such file"):
+        stage.check(SkeletonScoresConfig(candidates=str(tmp_path / "missing.parquet")))

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from pipeline.store.schema import TOPK
+
 # One caption's candidates: (video column, p), p None when the answer named no probability.
 Candidates = dict[int, list[tuple[int, float | None]]]
 
@@ -123,3 +125,32 @@ def count_pairs(candidates: Candidates, outside: int = 0) -> RerankStats:
     unscored = sum(p is None for listed in candidates.values() for _, p in listed)
     return RerankStats(captions=sum(bool(listed) for listed in candidates.values()), pairs=pairs,
                        scored=pairs - unscored, unscored=unscored, outside=outside)
+
+
+def skeleton_rerank(sim, pairs: pa.Table, caption_ids: list[str], video_ids: list[str], lambda_r: float,
+                    lambda_s: float) -> tuple[np.ndarray, RerankStats]:
+    """`sim` (the split's texts x videos, a NumPy array) re-ranked by Eq. 10 with the skeleton_scores rows
+    `pairs` (`pipeline.mmi.rerank`), and what they held: pairs whose caption or video is not among
+    `caption_ids` / `video_ids` (the split's rows and columns) are counted and ignored."""
+    candidates, stats = candidates_from_pairs(pairs, caption_ids, video_ids)
+    return rerank(np.array(sim, dtype=np.float64), candidates, lambda_r, lambda_s), stats
+
+
+def top_k_table(sim, caption_ids: list[str], video_ids: list[str], k: int) -> pa.Table:
+    """Each text row's k most similar videos (all of them when there are fewer), best first, ties
+    by column, as `pipeline.store.schema.TOPK` rows: caption_id, video_id, rank (0-based),
+    similarity; captions in row order."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    s = np.array(sim, dtype=np.float64)
+    if s.shape != (len(caption_ids), len(video_ids)):
+        raise ValueError(f"sim is {s.shape}, but there are {len(caption_ids)} captions and {len(video_ids)} videos")
+    k = min(k, s.shape[1])
+    best = np.argsort(-s, axis=1, kind="stable")[:, :k]  # stable: equal similarities keep column order
+    rows = np.repeat(np.arange(len(s)), k)
+    return pa.table({
+        "caption_id": pa.array(np.asarray(caption_ids, dtype=object)[rows], pa.string()),
+        "video_id": pa.array(np.asarray(video_ids, dtype=object)[best.ravel()], pa.string()),
+        "rank": pa.array(np.tile(np.arange(k, dtype=np.int32), len(s)), pa.int32()),
+        "similarity": pa.array(s[rows, best.ravel()], pa.float64()),
+    }, schema=TOPK)

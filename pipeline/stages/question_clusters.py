@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import ConfigError, bounds
+from pipeline.config import bounds
 from pipeline.mmi.clusters import Clustering, fit_clusters
 from pipeline.mmi.pools import QuestionPool, load_pool
 from pipeline.models.identity import check_model, checkpoint_identity
@@ -118,8 +118,6 @@ def _identity(config: QuestionClustersConfig) -> dict:
 
 def _check(config: QuestionClustersConfig) -> None:
     pools(config)  # a missing, empty or duplicate-laden pool: one line naming the file and line
-    if config.k is not None and config.k < 1:
-        raise ConfigError(f"config value question_clusters.k={config.k} must be at least 1")
     check_model("question_clusters.model", config.model)
 
 

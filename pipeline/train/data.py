@@ -232,6 +232,12 @@ def _split(name: str, captions: dict, features: FrameStore, aux: dict[str, dict 
     index = {v: k for k, v in enumerate(video_ids)}
     caption_ids = [captions["caption_id"][i] for i in kept]
     visual, textual, skeletons = aux["visual"], aux["textual"], aux["skeletons"]
+    if skeletons is not None:  # skeletons are often made for the test split only (`splits`): say so
+        for kind, ids in (("video", video_ids), ("caption", caption_ids)):
+            missing = sum(1 for i in ids if i not in skeletons[kind])
+            if missing:
+                log.warning("%s split: %d of %d %ss have no skeleton and read an empty text (the skeleton "
+                            "stage's `splits`?)", name, missing, len(ids), kind)
     return Split(
         name=name, caption_ids=caption_ids, captions=[captions["text"][i] for i in kept], video_ids=video_ids,
         text_to_video=np.array([index[captions["video_id"][i]] for i in kept], np.int64), frame_store=features,

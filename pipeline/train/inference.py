@@ -1,19 +1,14 @@
-"""Inference-time re-scoring of a similarity matrix: dual softmax (DSL), QB-Norm, and MMI-TVR's
-skeleton re-ranking (Eq. 10); and each caption's top-K videos, the skeleton scores' candidates.
+"""Inference-time re-scoring of a similarity matrix: dual softmax (DSL) and QB-Norm. (MMI-TVR's
+skeleton re-ranking, Eq. 10, and the top-K candidates are in `pipeline.mmi.rerank`.)
 
-DSL and QB-Norm take NumPy arrays or torch tensors, never modify them, compute in float64 and
-return the input's kind: a NumPy array, or a torch tensor on the input's device (dtype float64
-either way). The re-ranking and the top-K read a texts x videos matrix the same way and return NumPy
-and a table.
+Both take NumPy arrays or torch tensors, never modify them, compute in float64 and return the
+input's kind: a NumPy array, or a torch tensor on the input's device (dtype float64 either way).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
-from pipeline.mmi.rerank import RerankStats, candidates_from_pairs, rerank
-from pipeline.store.schema import TOPK
 from pipeline.train.metrics import as_float64
 
 
@@ -94,31 +89,3 @@ def qb_norm(sim, querybank_sim, k: int = 1, beta: float = 20.0, theta: int = 1):
     s[rows] = np.exp(beta * s[rows] - log_z)  # = exp(beta*s_ij) / Z_j wherever that is finite; s is our copy
     return _like(s, sim)
 
-
-def skeleton_rerank(sim, pairs: pa.Table, caption_ids: list[str], video_ids: list[str], lambda_r: float,
-                    lambda_s: float) -> tuple[np.ndarray, RerankStats]:
-    """`sim` (the split's texts x videos) re-ranked by Eq. 10 with the skeleton_scores rows
-    `pairs` (`pipeline.mmi.rerank`), and what they held: pairs whose caption or video is not among
-    `caption_ids` / `video_ids` (the split's rows and columns) are counted and ignored."""
-    candidates, stats = candidates_from_pairs(pairs, caption_ids, video_ids)
-    return rerank(as_float64(sim), candidates, lambda_r, lambda_s), stats
-
-
-def top_k_table(sim, caption_ids: list[str], video_ids: list[str], k: int) -> pa.Table:
-    """Each text row's k most similar videos (all of them when there are fewer), best first, ties
-    by column, as `pipeline.store.schema.TOPK` rows: caption_id, video_id, rank (0-based),
-    similarity; captions in row order."""
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    s = as_float64(sim)
-    if s.shape != (len(caption_ids), len(video_ids)):
-        raise ValueError(f"sim is {s.shape}, but there are {len(caption_ids)} captions and {len(video_ids)} videos")
-    k = min(k, s.shape[1])
-    best = np.argsort(-s, axis=1, kind="stable")[:, :k]  # stable: equal similarities keep column order
-    rows = np.repeat(np.arange(len(s)), k)
-    return pa.table({
-        "caption_id": pa.array(np.asarray(caption_ids, dtype=object)[rows], pa.string()),
-        "video_id": pa.array(np.asarray(video_ids, dtype=object)[best.ravel()], pa.string()),
-        "rank": pa.array(np.tile(np.arange(k, dtype=np.int32), len(s)), pa.int32()),
-        "similarity": pa.array(s[rows, best.ravel()], pa.float64()),
-    }, schema=TOPK)

@@ -36,13 +36,14 @@ from tqdm.auto import tqdm
 
 from pipeline import config as config_lib
 from pipeline.config import ConfigError
+from pipeline.mmi.rerank import skeleton_rerank, top_k_table
 from pipeline.store.storage import parquet_bytes
 from pipeline.store.version import DamagedOutputError
 from pipeline.train.config import RerankOptions, TrainConfig
 from pipeline.train.data import Split, load_splits, skeleton_scores
 from pipeline.train.heads import Head, Lsdo, Texts, Videos, build_head
-from pipeline.train.inference import dual_softmax, qb_norm, skeleton_rerank, top_k_table
-from pipeline.train.metrics import retrieval_metrics, video_to_text_metrics
+from pipeline.train.inference import dual_softmax, qb_norm
+from pipeline.train.metrics import as_float64, retrieval_metrics, video_to_text_metrics
 
 STRATEGIES = ("none", "dsl", "qbnorm")
 log = logging.getLogger(__name__)
@@ -494,7 +495,7 @@ def evaluate_checkpoint(path: str | Path, rerank: RerankOptions | None = None, t
     result = {"epoch": state["epoch"], **metrics}
     if rerank is not None:
         pairs = scores.table(columns=["caption_id", "video_id", "score", "candidates"])
-        reranked, stats = skeleton_rerank(sim, pairs, test.caption_ids, test.video_ids, rerank.lambda_r,
+        reranked, stats = skeleton_rerank(as_float64(sim), pairs, test.caption_ids, test.video_ids, rerank.lambda_r,
                                           rerank.lambda_s)
         result["t2v"][RERANKED] = retrieval_metrics(reranked, test.text_to_video)
         result["rerank"] = {"version": scores.version, "lambda_r": rerank.lambda_r, "lambda_s": rerank.lambda_s,
@@ -512,7 +513,7 @@ def write_topk(sim: torch.Tensor, test: Split, k: int, path: Path, provenance: d
     atomically to `path`, with `provenance` (and k) as the file's "tvr.topk" metadata; returns
     {"path", "k", "rows"}. A k larger than the test videos gives every video (and k is their number)."""
     k = min(k, len(test.video_ids))
-    table = top_k_table(sim, test.caption_ids, test.video_ids, k)
+    table = top_k_table(as_float64(sim), test.caption_ids, test.video_ids, k)
     data = parquet_bytes(table, {"tvr.topk": json.dumps({**provenance, "k": k}, sort_keys=True)})
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomically(path, lambda f: f.write(data))
