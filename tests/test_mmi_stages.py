@@ -349,3 +349,16 @@ def test_candidates_from_a_topk_file_take_each_captions_first_k_of_the_split(mmi
         stage.items(SkeletonScoresConfig(candidates=str(tmp_path / "other.parquet")), inputs)
     with pytest.raises(ConfigError, match="no such file"):
         stage.check(SkeletonScoresConfig(candidates=str(tmp_path / "missing.parquet")))
+
+
+def test_stats_never_show_demonstrations_of_other_clusters(mmi_run, tiny_lm, tmp_path):
+    # (last in the module: it moves question_clusters' LATEST)
+    from pipeline.mmi.stats import mmi_statistics
+
+    store, inputs, _, _ = mmi_run
+    config = QuestionClustersConfig(pools_folder=_pools(tmp_path / "edited", text=TEXT_POOL[:4]), model=tiny_lm, k=2)
+    run_stage(store, STAGES["question_clusters"], config, {}, RUNNER)
+    pools, _ = mmi_statistics(store.root)
+    assert pools[0].questions == 4  # the new LATEST clusters
+    # demonstrations' LATEST was made from the old clusters: its choices are not shown for the new ones
+    assert all(c.representative is None and c.answer is None for p in pools for c in p.clusters)

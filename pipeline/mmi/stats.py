@@ -1,6 +1,8 @@
 """MMI statistics for `tvr stats OUT`: per question pool its k, silhouette, each cluster's size,
 representative question and chosen demonstration; and the distribution of the skeleton scores.
-Read from the LATEST versions of question_clusters, demonstrations and skeleton_scores."""
+Read from the LATEST versions of question_clusters and skeleton_scores, and of demonstrations
+when it was made from that question_clusters version (else each cluster shows its nearest
+question, marked so)."""
 
 from __future__ import annotations
 
@@ -47,12 +49,19 @@ def _latest(store: Store, stage: str) -> Version | None:
     return None if pointed is None else Version(store, stage, pointed)
 
 
+def _input_version(version: Version, name: str) -> str | None:
+    manifest = version.manifest() or {}
+    return manifest.get("identity", {}).get("inputs", {}).get(name)
+
+
 def pool_summaries(store: Store) -> list[PoolSummary]:
     clusters = _latest(store, "question_clusters")
     if clusters is None:
         return []
     rows = clusters.table().to_pylist()
     demonstrations = _latest(store, "demonstrations")
+    if demonstrations is not None and _input_version(demonstrations, "question_clusters") != clusters.version:
+        demonstrations = None  # made from other clusters (LATEST moved since): their choices do not apply
     chosen = {} if demonstrations is None else {
         (r["pool"], r["cluster"]): r for r in demonstrations.table(
             columns=["pool", "cluster", "question", "answer", "item_id", "candidates"]).to_pylist()}
