@@ -85,8 +85,8 @@ EQUIVALENT: dict[str, str] = {
     _SAMPLING + "x__next_apart__mutmut_15": "searchsorted on t_i - gap: the start is then i + 1, and the forward "
     "walk reaches the same first frame a gap away (searchsorted only skips steps)",
     _SAMPLING + "x__next_apart__mutmut_20": "the step back, a guard against rounding: it runs only when "
-    "fl(t_j - t_i) >= gap while t_j < fl(t_i + gap), which no pair of 10 million random timestamps (0-4000 s, "
-    "gaps 0.1-1 s) gave",
+    "fl(t_j - t_i) >= gap while t_j < fl(t_i + gap), which a one-off search of 10 million random pairs "
+    "(0-4000 s, gaps 0.1-1 s, 2026-12-08) never found",
     _SAMPLING + "x__next_apart__mutmut_31": "as x__next_apart__mutmut_20 (the step back's test)",
     _SAMPLING + "x__next_apart__mutmut_32": "as x__next_apart__mutmut_20 (the step back's body)",
     _SAMPLING + "x__next_apart__mutmut_33": "as x__next_apart__mutmut_20 (the step back's body)",

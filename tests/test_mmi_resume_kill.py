@@ -5,16 +5,12 @@ as they were and not recomputed."""
 from __future__ import annotations
 
 import csv
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import yaml
+from killing import committed, run_until_killed
 
 from pipeline import config as config_lib
 from pipeline.demo import synth
@@ -39,41 +35,6 @@ def _dataset(folder: Path) -> Path:
         writer.writerow(["video_id", "path", "caption"])
         writer.writerows(rows)
     return annotations
-
-
-def _committed(out: Path, stage: str) -> dict:
-    for manifest in (out / stage).glob("*/_manifest.json"):
-        try:
-            record = json.loads(manifest.read_text())
-            commits = sorted(manifest.parent.glob("_commits/*.json"))
-            record["shards"] = {p.stem: json.loads(p.read_text()) for p in commits}
-            return record
-        except (json.JSONDecodeError, FileNotFoundError):  # mid-rename; look again
-            return {}
-    return {}
-
-
-def _run_until(config: Path, env: dict, out: Path, stage: str, shards: int) -> dict:
-    """Start `tvr run` on the skeleton stages, SIGKILL it once `stage` has `shards` commits."""
-    driver = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(config), "--stages", *SKELETON_STAGES],
-                              env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-    deadline = time.monotonic() + 240
-    try:
-        while len(_committed(out, stage).get("shards", {})) < shards:
-            assert driver.poll() is None, f"the run ended before it could be killed:\n{driver.stdout.read()}"
-            assert time.monotonic() < deadline, f"no {stage} shard committed within 240 s"
-            time.sleep(0.01)
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)  # the local Ray it started
-        except ProcessLookupError:
-            pass
-    killed = _committed(out, stage)
-    assert not killed["complete"] and shards <= len(killed["shards"]) < killed["num_shards"]
-    return killed
 
 
 def test_skeleton_stages_killed_midway_resume_with_every_item_exactly_once(tmp_path, tiny_lm, ray_session):
@@ -104,7 +65,8 @@ def test_skeleton_stages_killed_midway_resume_with_every_item_exactly_once(tmp_p
 
     # Killed while text_skeletons commits its shards; the rerun (this process: a new driver) finishes
     # it and then runs video_skeletons.
-    killed = _run_until(config, env, out, "text_skeletons", 2)
+    killed = run_until_killed(config, SKELETON_STAGES, env, out, "text_skeletons", 2)
+    assert not killed["complete"] and 2 <= len(killed["shards"]) < killed["num_shards"]
     results = run_pipeline(config_lib.load(RunConfig, str(config)), stages=SKELETON_STAGES, report=lambda line: None)
     assert [(r.stage, r.computed_items) for r in results] == [
         ("text_skeletons", VIDEOS * CAPTIONS_PER_VIDEO - sum(r["items"] for r in killed["shards"].values())),
@@ -113,12 +75,12 @@ def test_skeleton_stages_killed_midway_resume_with_every_item_exactly_once(tmp_p
     for stage, expected in (
             ("text_skeletons", {f"clip{i}#{j}" for i in range(VIDEOS) for j in range(CAPTIONS_PER_VIDEO)}),
             ("video_skeletons", {f"clip{i}" for i in range(VIDEOS)})):
-        final = _committed(out, stage)
+        final = committed(out, stage)
         assert final["complete"] and len(final["shards"]) == final["num_shards"]
         key = "caption_id" if stage == "text_skeletons" else "video_id"
         ids = ds.dataset(out / stage / final["version"], format="parquet").to_table(columns=[key])[key].to_pylist()
         assert sorted(ids) == sorted(expected), stage  # each exactly once
-    final = _committed(out, "text_skeletons")
+    final = committed(out, "text_skeletons")
     for name, record in killed["shards"].items():  # committed before the kill: never redone
         assert final["shards"][name]["committed"] == record["committed"], name
     report = verify_outputs(str(out))

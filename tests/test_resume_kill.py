@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import yaml
+from killing import committed, run_until_killed
 
 from pipeline.demo import synth
 
@@ -36,26 +34,6 @@ def _dataset(folder: Path) -> Path:
     return annotations
 
 
-def _start(config: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(config), "--stages", "probe", "keyframes"],
-        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def _committed(out: Path) -> dict:
-    """The keyframes version's manifest, with its commit records as `shards`."""
-    for manifest in (out / "keyframes").glob("*/_manifest.json"):
-        try:
-            record = json.loads(manifest.read_text())
-            commits = sorted(manifest.parent.glob("_commits/*.json"))
-            record["shards"] = {path.stem: json.loads(path.read_text()) for path in commits}
-            return record
-        except (json.JSONDecodeError, FileNotFoundError):  # mid-rename; look again
-            return {}
-    return {}
-
-
 def test_sigkill_midway_then_rerun_gives_every_item_exactly_once(tmp_path):
     annotations = _dataset(tmp_path / "data")
     out = tmp_path / "out"
@@ -69,22 +47,7 @@ def test_sigkill_midway_then_rerun_gives_every_item_exactly_once(tmp_path):
     }))
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own local Ray, not the test session's
 
-    driver = _start(config, env)
-    deadline = time.monotonic() + 240
-    try:
-        while len(_committed(out).get("shards", {})) < 3:
-            assert driver.poll() is None, f"the run ended before it could be killed:\n{driver.stdout.read()}"
-            assert time.monotonic() < deadline, "no keyframes shard committed within 240 s"
-            time.sleep(0.01)
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        # The driver is dead; clean up the local Ray processes it had started.
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    killed = _committed(out)
+    killed = run_until_killed(config, ["probe", "keyframes"], env, out, "keyframes", 3)
     assert not killed["complete"]
     assert 3 <= len(killed["shards"]) < killed["num_shards"] == NUM_CLIPS + 1
     # What a reader of the version folder sees is exactly what was committed, nothing staged. A
@@ -103,7 +66,7 @@ def test_sigkill_midway_then_rerun_gives_every_item_exactly_once(tmp_path):
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "resuming" in rerun.stdout + rerun.stderr
 
-    final = _committed(out)
+    final = committed(out, "keyframes")
     assert final["complete"] and len(final["shards"]) == final["num_shards"]
     for name, record in killed["shards"].items():  # shards committed before the kill stay as they were
         assert final["shards"][name]["committed"] == record["committed"]

@@ -60,7 +60,7 @@ class ClusterQuestion:
     demonstration: dict[str, Any]  # question, answer, and text (the caption it was made on; None for a video)
 
 
-def cluster_questions(demonstrations: Version, pool: str) -> list[ClusterQuestion]:
+def representative_questions(demonstrations: Version, pool: str) -> list[ClusterQuestion]:
     """The pool's clusters in order, each with its representative question and demonstration."""
     table = demonstrations.table(columns=["pool", "cluster", "question_id", "question", "answer", "item_text"])
     rows = sorted((r for r in table.to_pylist() if r["pool"] == pool), key=lambda r: r["cluster"])

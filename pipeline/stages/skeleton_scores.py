@@ -36,7 +36,7 @@ from pipeline.run.stage import Failure, ModelRunSettings, Stage, Step
 from pipeline.run.workers import answered, item_of
 from pipeline.stages.textual_tags import DEFAULT_LLM
 from pipeline.store.schema import SKELETON_SCORES, TOPK
-from pipeline.tags.asking import tag_stage_identity
+from pipeline.tags.asking import request_seed, tag_stage_identity
 
 CLIP = "clip"
 
@@ -147,11 +147,12 @@ def _request(config: SkeletonScoresConfig, prompt, item: dict):
     return answer_request(item["pair_id"], config.sampling, text)
 
 
-def _row(config: SkeletonScoresConfig, prompt, item: dict, request, result: GenerationResult) -> dict | Failure:
+def _row(config: SkeletonScoresConfig, prompt, item: dict, result: GenerationResult) -> dict | Failure:
     if result.error is not None or result.finish_reason == "error":
         return Failure("generation_error", result.error or "the engine returned no text")
     return {**{name: item[name] for name in _ITEMS.names}, "score": parse_probability(result.text),
-            "raw_output": result.text, "finish_reason": result.finish_reason, "seed": request.seed,
+            "raw_output": result.text, "finish_reason": result.finish_reason,
+            "seed": request_seed(config.sampling.seed, item["pair_id"]),  # answer_request's seed
             "model": config.engine.model, "revision": config.engine.revision, "prompt": prompt.name,
             "prompt_sha256": prompt.sha256, "prompt_tokens": result.prompt_tokens,
             "output_tokens": result.output_tokens}
@@ -164,7 +165,7 @@ def _score_setup(config: SkeletonScoresConfig):
     def score(items: list[dict]) -> list:
         requests = [_request(config, prompt, item) for item in items]
         results = engine.generate(requests)
-        return [_row(config, prompt, item, request, result) for item, request, result in zip(items, requests, results)]
+        return [_row(config, prompt, item, result) for item, result in zip(items, results)]
 
     return score
 
@@ -181,9 +182,8 @@ def _score_dataset(config: SkeletonScoresConfig):
                                          keep=keep, chat=True, concurrency=config.run.workers or 1)
 
         def to_row(row: dict) -> dict:
-            item = item_of(row)
             result = GenerationResult(**{name: row[name] for name in RESULT_COLUMNS})
-            return answered(row, _row(config, prompt, item, _request(config, prompt, item), result))
+            return answered(row, _row(config, prompt, item_of(row), result))
 
         return processor(dataset).map(to_row)
 

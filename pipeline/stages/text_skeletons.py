@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipeline.engines import check_engine
 from pipeline.engines.config import EngineConfig, TransformersEngineConfig
 from pipeline.engines.prompts import load_prompt
-from pipeline.mmi.asking import AnswerSampling, cluster_questions, skeleton_asker, skeleton_vllm_transform
+from pipeline.mmi.asking import AnswerSampling, representative_questions, skeleton_asker, skeleton_vllm_transform
 from pipeline.run.stage import ModelRunSettings, Stage, Step
 from pipeline.stages.textual_tags import DEFAULT_LLM
 from pipeline.store.schema import TEXT_SKELETONS
@@ -51,7 +51,7 @@ def _words(item: dict):
 
 
 def _context(config: TextSkeletonsConfig, inputs) -> list:
-    return cluster_questions(inputs["demonstrations"], "text")
+    return representative_questions(inputs["demonstrations"], "text")
 
 
 def _check(config: TextSkeletonsConfig) -> None:

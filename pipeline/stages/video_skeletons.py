@@ -16,7 +16,7 @@ import pyarrow as pa
 from pipeline.engines import check_engine
 from pipeline.engines.config import EngineConfig, TransformersEngineConfig
 from pipeline.engines.prompts import load_prompt
-from pipeline.mmi.asking import AnswerSampling, cluster_questions, skeleton_asker, skeleton_vllm_transform
+from pipeline.mmi.asking import AnswerSampling, representative_questions, skeleton_asker, skeleton_vllm_transform
 from pipeline.run.stage import ModelRunSettings, Stage, Step
 from pipeline.stages.text_skeletons import in_splits
 from pipeline.stages.visual_tags import DEFAULT_VLM, frames_decoder
@@ -44,7 +44,7 @@ def _words(item: dict):
 
 
 def _context(config: VideoSkeletonsConfig, inputs) -> list:
-    return cluster_questions(inputs["demonstrations"], "visual")
+    return representative_questions(inputs["demonstrations"], "visual")
 
 
 def _check(config: VideoSkeletonsConfig) -> None:
